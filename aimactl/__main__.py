@@ -1,0 +1,4 @@
+"""Run aimactl as ``python -m aimactl``."""
+from aimactl.cli.app import main
+
+main()

@@ -1,0 +1,259 @@
+"""Load manifests: YAML text with positions -> rendered -> validated kind objects, collecting every error.
+
+The loader never stops at the first problem: each document is checked on its own, and a broken file does not
+hide the errors of the next one. Positions come from ruamel.yaml's round-trip loader so that every error can
+name `file:line:column`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from aimactl.manifest import yamlio
+from aimactl.manifest.errors import ManifestError
+from aimactl.manifest.kinds import API_VERSION, KINDS, check_name
+from aimactl.manifest.render import TemplateProblem, TemplateRef, is_template, render_string
+
+locate = yamlio.locate
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Resource:
+    """One validated manifest document and where it came from."""
+
+    kind: str
+    name: str
+    doc: Any
+    file: str
+    line: int
+    refs: list[tuple[TemplateRef, str]] = field(default_factory=list)
+    """Deferred template references and the field path holding each."""
+    node: Any = None
+    """The YAML node of the document, to locate later (semantic) errors."""
+
+    @property
+    def spec(self) -> Any:
+        """The kind's spec object."""
+        return self.doc.spec
+
+    @property
+    def key(self) -> str:
+        """`kind/name` in lower case, as CLI addresses print it."""
+        return f"{self.kind.lower()}/{self.name}"
+
+    def locate(self, path: Iterable[str | int]) -> yamlio.Position:
+        """Line and column of a field path inside this document."""
+        return locate(self.node, list(path))
+
+
+@dataclass
+class LoadResult:
+    """Every resource that validated and every error found."""
+
+    resources: list[Resource] = field(default_factory=list)
+    errors: list[ManifestError] = field(default_factory=list)
+
+
+def discover(paths: Iterable[str]) -> tuple[list[str], list[ManifestError]]:
+    """Expand `-f` arguments: files as given, directories to their sorted *.yaml/*.yml, `-` for stdin."""
+    files: list[str] = []
+    errors: list[ManifestError] = []
+    for raw in paths:
+        if raw == "-":
+            files.append("-")
+            continue
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file())
+            if not found:
+                errors.append(ManifestError("no-manifests", "directory holds no *.yaml or *.yml files", raw))
+            files.extend(found)
+        elif path.is_file():
+            files.append(raw)
+        else:
+            errors.append(ManifestError("file-not-found", "no such file or directory", raw))
+    return files, errors
+
+
+class _Renderer:
+    """Renders every template string of one document, remembering deferred references and errors."""
+
+    def __init__(self, context: Mapping[str, Any]):
+        self.context = context
+        self.refs: list[tuple[TemplateRef, str]] = []
+        self.problems: list[tuple[list[str | int], TemplateProblem]] = []
+
+    def walk(self, value: Any, path: list[str | int]) -> Any:
+        if isinstance(value, dict):
+            return {k: self.walk(v, [*path, k]) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.walk(v, [*path, i]) for i, v in enumerate(value)]
+        if isinstance(value, str) and is_template(value):
+            try:
+                rendered, refs = render_string(value, self.context)
+            except TemplateProblem as problem:
+                self.problems.append((path, problem))
+                return value
+            dotted = ".".join(str(p) for p in path)
+            self.refs.extend((ref, dotted) for ref in refs)
+            return rendered
+        return value
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The YAML keys allowed at the object that holds the unknown field at `loc`."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = {(f.alias or n): f for n, f in current.model_fields.items()}
+        if part not in fields:
+            continue
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        current = nested[0]
+    return [f.alias or n for n, f in current.model_fields.items()]
+
+
+def _pydantic_errors(exc: ValidationError, model: type[BaseModel], node: Any, file: str) -> list[ManifestError]:
+    """Turn pydantic's errors into ManifestErrors with positions, field paths and hints."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        fields = [p for p in loc if isinstance(p, (str, int)) and not _is_union_tag(p)]
+        path = ".".join(str(p) for p in fields)
+        line, col = locate(node, list(fields))
+        message, code = err["msg"], "invalid-value"
+        if err["type"] == "extra_forbidden":
+            code = "unknown-field"
+            message = f"unknown field {fields[-1]!r}{_did_you_mean(str(fields[-1]), _allowed_fields(model, loc))}"
+        elif err["type"] == "missing":
+            code = "missing-field"
+            message = f"required field {fields[-1]!r} is missing"
+        elif err["type"] == "literal_error":
+            message = f"{err['input']!r} is not allowed: {err['msg'][len('Input should be '):]}"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        out.append(ManifestError(code, message, file, line, col, path))
+    return out
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic adds union member names (`str`, `list[str]`, `function-after[...]`) to error locations."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part
+                                      or part[:1].isupper())
+
+
+def _check_header(data: Mapping[str, Any], node: Any, file: str) -> list[ManifestError]:
+    """Check apiVersion, kind and metadata.name before the kind's own validation runs."""
+    errors = []
+    if data.get("apiVersion") != API_VERSION:
+        line, col = locate(node, ["apiVersion"])
+        errors.append(ManifestError("bad-api-version", f"apiVersion must be {API_VERSION!r}, got "
+                                    f"{data.get('apiVersion')!r}", file, line, col, "apiVersion"))
+    kind = data.get("kind")
+    if kind not in KINDS:
+        line, col = locate(node, ["kind"])
+        hint = _did_you_mean(str(kind), KINDS)
+        errors.append(ManifestError("unknown-kind", f"unknown kind {kind!r}{hint}; valid kinds: "
+                                    + ", ".join(KINDS), file, line, col, "kind"))
+    metadata = data.get("metadata")
+    if not isinstance(metadata, Mapping) or "name" not in metadata:
+        line, col = locate(node, ["metadata"])
+        errors.append(ManifestError("missing-field", "metadata.name is required", file, line, col,
+                                    "metadata.name"))
+    else:
+        try:
+            check_name(metadata["name"])
+        except ValueError as exc:
+            line, col = locate(node, ["metadata", "name"])
+            errors.append(ManifestError("invalid-name", str(exc), file, line, col, "metadata.name"))
+    return errors
+
+
+def load_document(node: Any, data: Any, file: str,
+                  context: Mapping[str, Any]) -> tuple[Resource | None, list[ManifestError]]:
+    """Validate one YAML document: header, templates, then the kind's pydantic model."""
+    if not isinstance(data, Mapping):
+        line, col = locate(node, [])
+        return None, [ManifestError("not-a-mapping", "a manifest document must be a mapping with apiVersion, "
+                                    f"kind, metadata and spec, got {_yaml_type(data)}", file, line, col)]
+    errors = _check_header(data, node, file)
+    if errors:
+        return None, errors
+    renderer = _Renderer(context)
+    data = renderer.walk(data, [])
+    for path, problem in renderer.problems:
+        line, col = locate(node, path, key=False)
+        errors.append(ManifestError(problem.code, problem.message, file, line, col,
+                                    ".".join(str(p) for p in path)))
+    model = KINDS[data["kind"]]
+    try:
+        doc = model.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, model, node, file))
+    if errors:
+        return None, errors
+    return Resource(data["kind"], data["metadata"]["name"], doc, file, node.start_mark.line + 1, renderer.refs,
+                    node), []
+
+
+def load_text(text: str, file: str, context: Mapping[str, Any]) -> LoadResult:
+    """Load every document of one YAML text; `file` names it in errors."""
+    result = LoadResult()
+    try:
+        parsed = list(yamlio.documents(text))
+    except yamlio.YAMLError as exc:
+        code, message, (line, col) = yamlio.describe_error(exc, text)
+        result.errors.append(ManifestError(code, message, file, line, col))
+        return result
+    if not parsed:
+        result.errors.append(ManifestError("empty-file", "file holds no manifest documents", file, 1, 1))
+    for node, data in parsed:
+        resource, errors = load_document(node, data, file, context)
+        result.errors.extend(errors)
+        if resource:
+            result.resources.append(resource)
+    return result
+
+
+def load(paths: Iterable[str], context: Mapping[str, Any], stdin_text: str | None = None) -> LoadResult:
+    """Load files, directories and `-` (stdin, whose text the caller passes) into one result."""
+    files, errors = discover(paths)
+    result = LoadResult(errors=errors)
+    for file in files:
+        if file == "-":
+            text, name = stdin_text or "", "<stdin>"
+        else:
+            name = file
+            try:
+                text = Path(file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                result.errors.append(ManifestError("unreadable", f"cannot read: {exc}", file))
+                continue
+        part = load_text(text, name, context)
+        result.resources.extend(part.resources)
+        result.errors.extend(part.errors)
+    return result
+
+
+def _yaml_type(node: Any) -> str:
+    """The YAML word for a node's type, for messages."""
+    if isinstance(node, list):
+        return "a list"
+    if isinstance(node, str):
+        return "a string"
+    return "a number" if isinstance(node, (int, float)) else type(node).__name__
