@@ -57,6 +57,6 @@ def load_manifests(paths: Iterable[str], var_args: Iterable[str] = (), var_files
     context, errors = build_context(var_args, var_files, environ)
     result = load(paths, context, stdin_text)
     errors.extend(result.errors)
-    if not result.errors:
-        errors.extend(validate(result.resources))
+    errors.extend(e for e in validate(result.resources)
+                  if not (e.code == "dangling-reference" and any(repr(n) in e.message for n in result.broken)))
     return Manifests(result.resources, errors)

@@ -48,9 +48,9 @@ class Resource:
         """`kind/name` in lower case, as CLI addresses print it."""
         return f"{self.kind.lower()}/{self.name}"
 
-    def locate(self, path: Iterable[str | int]) -> yamlio.Position:
-        """Line and column of a field path inside this document."""
-        return locate(self.node, list(path))
+    def locate(self, path: Iterable[str | int], key: bool = True) -> yamlio.Position:
+        """Line and column of a field path inside this document (of its key, or of its value)."""
+        return locate(self.node, list(path), key=key)
 
 
 @dataclass
@@ -59,6 +59,8 @@ class LoadResult:
 
     resources: list[Resource] = field(default_factory=list)
     errors: list[ManifestError] = field(default_factory=list)
+    broken: set[str] = field(default_factory=set)
+    """Names of documents that failed to load: references to them are not reported as dangling too."""
 
 
 def discover(paths: Iterable[str]) -> tuple[list[str], list[ManifestError]]:
@@ -131,11 +133,12 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _pydantic_errors(exc: ValidationError, model: type[BaseModel], node: Any, file: str) -> list[ManifestError]:
     """Turn pydantic's errors into ManifestErrors with positions, field paths and hints."""
     out = []
-    for err in exc.errors(include_url=False):
+    for err in _without_union_noise(exc.errors(include_url=False)):
         loc = tuple(err["loc"])
         fields = [p for p in loc if isinstance(p, (str, int)) and not _is_union_tag(p)]
         path = ".".join(str(p) for p in fields)
-        line, col = locate(node, list(fields))
+        # Unknown and missing fields point at the key; a bad value points at the value itself.
+        line, col = locate(node, list(fields), key=err["type"] in ("extra_forbidden", "missing"))
         message, code = err["msg"], "invalid-value"
         if err["type"] == "extra_forbidden":
             code = "unknown-field"
@@ -151,6 +154,25 @@ def _pydantic_errors(exc: ValidationError, model: type[BaseModel], node: Any, fi
     return out
 
 
+_BASIC_TYPE_ERRORS = {"string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type"}
+
+
+def _without_union_noise(errors: list[Any]) -> list[Any]:
+    """Drop "should be a valid string" from a union (`str | SecretValue`) when another member explains more.
+
+    pydantic reports a failure for every member of a union; the person only needs the one for the member
+    that the value was clearly meant to be.
+    """
+    def stripped(err: Any) -> tuple[Any, ...]:
+        return tuple(p for p in err["loc"] if not _is_union_tag(p))
+
+    deeper = [stripped(e) for e in errors if e["type"] not in _BASIC_TYPE_ERRORS]
+    return [e for e in errors
+            if not (e["type"] in _BASIC_TYPE_ERRORS and any(_is_union_tag(p) for p in e["loc"])
+                    and any(d[:len(stripped(e))] == stripped(e) and d != () for d in deeper if d != stripped(e)
+                            or len(d) >= len(stripped(e))))]
+
+
 def _is_union_tag(part: Any) -> bool:
     """pydantic adds union member names (`str`, `list[str]`, `function-after[...]`) to error locations."""
     return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part
@@ -161,12 +183,12 @@ def _check_header(data: Mapping[str, Any], node: Any, file: str) -> list[Manifes
     """Check apiVersion, kind and metadata.name before the kind's own validation runs."""
     errors = []
     if data.get("apiVersion") != API_VERSION:
-        line, col = locate(node, ["apiVersion"])
+        line, col = locate(node, ["apiVersion"], key=False)
         errors.append(ManifestError("bad-api-version", f"apiVersion must be {API_VERSION!r}, got "
                                     f"{data.get('apiVersion')!r}", file, line, col, "apiVersion"))
     kind = data.get("kind")
     if kind not in KINDS:
-        line, col = locate(node, ["kind"])
+        line, col = locate(node, ["kind"], key=False)
         hint = _did_you_mean(str(kind), KINDS)
         errors.append(ManifestError("unknown-kind", f"unknown kind {kind!r}{hint}; valid kinds: "
                                     + ", ".join(KINDS), file, line, col, "kind"))
@@ -179,7 +201,7 @@ def _check_header(data: Mapping[str, Any], node: Any, file: str) -> list[Manifes
         try:
             check_name(metadata["name"])
         except ValueError as exc:
-            line, col = locate(node, ["metadata", "name"])
+            line, col = locate(node, ["metadata", "name"], key=False)
             errors.append(ManifestError("invalid-name", str(exc), file, line, col, "metadata.name"))
     return errors
 
@@ -204,7 +226,9 @@ def load_document(node: Any, data: Any, file: str,
     try:
         doc = model.model_validate(data)
     except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, model, node, file))
+        # A field whose template failed is still the raw template; one error about it is enough.
+        failed = {e.path for e in errors}
+        errors.extend(e for e in _pydantic_errors(exc, model, node, file) if e.path not in failed)
     if errors:
         return None, errors
     return Resource(data["kind"], data["metadata"]["name"], doc, file, node.start_mark.line + 1, renderer.refs,
@@ -227,6 +251,8 @@ def load_text(text: str, file: str, context: Mapping[str, Any]) -> LoadResult:
         result.errors.extend(errors)
         if resource:
             result.resources.append(resource)
+        elif isinstance(data, Mapping) and isinstance(data.get("metadata"), Mapping):
+            result.broken.add(str(data["metadata"].get("name")))
     return result
 
 
@@ -247,6 +273,7 @@ def load(paths: Iterable[str], context: Mapping[str, Any], stdin_text: str | Non
         part = load_text(text, name, context)
         result.resources.extend(part.resources)
         result.errors.extend(part.errors)
+        result.broken |= part.broken
     return result
 
 

@@ -20,7 +20,7 @@ IMPLICIT_HOST = "local"
 
 def _error(res: Resource, code: str, message: str, path: Iterable[str | int]) -> ManifestError:
     path = list(path)
-    line, col = res.locate(path)
+    line, col = res.locate(path, key=False)
     return ManifestError(code, message, res.file, line, col, ".".join(str(p) for p in path))
 
 

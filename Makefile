@@ -1,0 +1,50 @@
+# The two entry points of the README: `make quickstart` and `make test`. Both work on a fresh Debian machine
+# as root (or with sudo): they install what they need and nothing by hand is assumed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := docker.io openssh-server busybox-static iproute2 git
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test quickstart system-deps venv lint schemas bench clean
+
+## Debian packages the integration tests use: a private dockerd, sshd instances, a static busybox for images.
+system-deps:
+	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
+		echo "Installing Debian packages: $(DEB_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## The whole test suite: unit, CLI, schema freshness, lint/type checks, and integration tests on real
+## dockerd and sshd started by the suite itself.
+test: system-deps venv
+	$(BIN)/pytest -q
+
+## The quickstart stack on this machine, offline.
+quickstart: venv
+	$(BIN)/aimactl validate -f examples/quickstart
+	$(BIN)/aimactl plan -f examples/quickstart
+
+lint: venv
+	$(BIN)/ruff check aimactl tests bench
+	$(BIN)/mypy
+
+schemas: venv
+	$(BIN)/aimactl schema --out schemas
+
+bench: venv
+	$(BIN)/python bench/startup.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
