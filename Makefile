@@ -34,7 +34,7 @@ test: system-deps venv
 ## The quickstart stack on this machine, offline.
 quickstart: venv
 	$(BIN)/aimactl validate -f examples/quickstart
-	$(BIN)/aimactl plan -f examples/quickstart
+	@echo "plan/apply of the quickstart arrives in a later release (see README, Status)."
 
 lint: venv
 	$(BIN)/ruff check aimactl tests bench

@@ -325,13 +325,14 @@ def _document(kind: str, spec: type[Strict], doc: str) -> type[Strict]:
     """Build the top-level document model of one kind: apiVersion, kind, metadata, spec."""
     fields: dict[str, Any] = {
         "api_version": (Literal["aima.dev/v1"], Field(description="Always `aima.dev/v1`.")),
-        "kind": (Literal[kind], Field(description=f"Always `{kind}`.")),  # type: ignore[valid-type]
+        "kind": (Literal[kind], Field(description=f"Always `{kind}`.")),
         "metadata": (Metadata, Field(description="Name and labels.")),
         "spec": (spec, Field(description=spec.__doc__)),
     }
     from pydantic import create_model
 
-    return create_model(kind, __base__=Strict, __doc__=doc, **fields)  # type: ignore[no-any-return, call-overload]
+    model: type[Strict] = create_model(kind, __base__=Strict, __doc__=doc, **fields)
+    return model
 
 
 Host = _document("Host", HostSpec, "A machine aimactl converges.")

@@ -45,10 +45,29 @@ class TemplateRef:
         return ".".join(p for p in (self.root, self.name, self.attr) if p)
 
 
+MAX_REPEAT = 100_000
+MAX_EXPONENT = 64
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox also bounds `*` and `**`, so `{{ 'a' * 10**9 }}` cannot exhaust the controller's memory."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is too large")
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > MAX_REPEAT:
+                    raise SecurityError(f"repetition builds more than {MAX_REPEAT} items")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     """The one sandbox: StrictUndefined, no loader, no globals (no `range`, `cycler`, `lipsum` ...)."""
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.globals.clear()
     return env
 
@@ -80,7 +99,7 @@ def _check_safe(ast: nodes.Template) -> None:
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, *_FORBIDDEN_NODES)):
         if isinstance(node, _FORBIDDEN_NODES):
             raise TemplateProblem("template-unsafe", f"'{type(node).__name__.lower()}' is not allowed in manifests")
-        name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        name = node.attr if isinstance(node, nodes.Getattr) else getattr(getattr(node, "arg", None), "value", None)
         if isinstance(name, str) and name.startswith("_"):
             raise TemplateProblem(
                 "template-unsafe",
@@ -99,7 +118,7 @@ def _names(ast: nodes.Template) -> tuple[set[str], set[str]]:
 def _deferred_refs(ast: nodes.Template) -> Iterator[TemplateRef]:
     """Yield the services/models/inputs/steps references a template makes, checking their shape."""
     # Visit each access chain once, from its outermost node: `services.chat.url`, not `services.chat`.
-    inner = {id(n.node) for n in ast.find_all((nodes.Getattr, nodes.Getitem))}
+    inner = {id(n.node) for n in ast.find_all((nodes.Getattr, nodes.Getitem))}  # type: ignore[attr-defined]
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
         chain = _attr_chain(node)
         if not chain or chain[0] not in DEFERRED_FIELDS or id(node) in inner:

@@ -21,7 +21,7 @@ def kind_schema(kind: str) -> dict[str, Any]:
 
 def combined_schema() -> dict[str, Any]:
     """One schema accepting a document of any kind, chosen by its `kind` field."""
-    any_kind = Annotated[Union[tuple(KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+    any_kind: Any = Annotated[Union[tuple(KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
     schema = TypeAdapter(any_kind).json_schema(by_alias=True, mode="validation")
     return {"$schema": DRAFT, "$id": f"{COMBINED}.json", "title": "aimactl manifest",
             "description": "Any aimactl manifest document (Host, Model, Service, App or Pipeline).", **schema}

@@ -80,8 +80,13 @@ def _ref_errors(res: Resource, index: Index) -> Iterable[ManifestError]:
                 yield _error(res, "dangling-reference", f"dependsOn {dep!r}: no Service or App has that name",
                              ["spec", "dependsOn", i])
     for ref, path in res.refs:
-        exists = {"services": index.workload, "models": index.by_kind["Model"].get}.get(ref.root)
-        if exists and not exists(ref.name):
+        if ref.root == "services":
+            exists = index.workload(ref.name) is not None
+        elif ref.root == "models":
+            exists = ref.name in index.by_kind["Model"]
+        else:
+            continue
+        if not exists:
             what = "Service or App" if ref.root == "services" else "Model"
             yield _error(res, "dangling-reference", f"template refers to {ref}, but no {what} is named {ref.name!r}",
                          path.split("."))

@@ -22,7 +22,7 @@ Position = tuple[int | None, int | None]
 try:
     from ruamel.yaml.cyaml import CParser
 
-    class _Loader(CParser, SafeConstructor, VersionedResolver):  # type: ignore[misc]
+    class _Loader(CParser, SafeConstructor, VersionedResolver):
         def __init__(self, stream: str):
             CParser.__init__(self, stream)
             SafeConstructor.__init__(self, loader=self)
