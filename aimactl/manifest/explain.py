@@ -13,9 +13,13 @@ class ExplainError(ValueError):
 
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """Follow `$ref` and pick the object member of `anyOf` (`X | None`) so fields can be walked."""
+    """Follow `$ref`, list items, map values and the object member of `anyOf` so fields can be walked."""
     if "$ref" in node:
         return _resolve(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+    if node.get("type") == "array" and isinstance(node.get("items"), dict):
+        return _resolve(node["items"], defs)
+    if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+        return _resolve(node["additionalProperties"], defs)
     for member in node.get("anyOf", []):
         resolved = _resolve(member, defs)
         if resolved.get("type") == "object" and "properties" in resolved:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from aimactl.manifest import units
@@ -55,7 +55,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         alias_generator=to_camel,
-        populate_by_name=True,
         use_attribute_docstrings=True,
     )
 
@@ -82,7 +81,22 @@ class SecretValue(Strict):
     """The secret's source."""
 
 
-EnvValue = str | SecretValue
+def _env_text(value: Any) -> Any:
+    """Numbers and booleans in `env` become strings, as Compose users expect (`PORT: 8080`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML `true` is not a number: refuse it where an integer is expected."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+EnvValue = Annotated[str | SecretValue, BeforeValidator(_env_text)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class Metadata(Strict):
@@ -145,7 +159,10 @@ class ModelSpec(Strict):
     @classmethod
     def _source(cls, value: str) -> str:
         scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in MODEL_SCHEMES or not value.split("://", 1)[1]:
+        rest = value.split("://", 1)[1] if "://" in value else ""
+        if scheme == "file" and not rest.startswith(("/", "./", "../")):
+            raise ValueError(f"{value!r}: use file:///absolute/path or file://./relative/to/the/manifest")
+        if scheme not in MODEL_SCHEMES or not rest:
             raise ValueError(
                 f"{value!r} is not a model source: use one of " + ", ".join(f"{s}://" for s in MODEL_SCHEMES)
             )
@@ -168,7 +185,7 @@ class ModelSpec(Strict):
 class Resources(Strict):
     """What a Service or App needs from its host."""
 
-    gpus: int | list[int | str] | None = None
+    gpus: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] | list[int | str] | None = None
     """GPU count, or explicit GPU indexes / UUIDs. Absent: no GPU."""
     gpu_memory: ByteSize | None = None
     """GPU memory the workload needs (e.g. `20GiB`); estimated from the model when absent."""
@@ -182,15 +199,21 @@ class Health(Strict):
     """How readiness is decided."""
 
     path: str | None = None
-    """HTTP path that answers 2xx when ready; the engine's default when absent."""
+    """HTTP path that answers 2xx when ready; the engine's default when absent. Apps without one are ready
+    once they keep running for a few seconds."""
     port: int | None = Field(default=None, ge=1, le=65535)
-    """Container port to probe (Apps with several ports); the first published port when absent."""
+    """Container port to probe (when several are published); the first published port when absent."""
     startup_timeout: Duration = "20m"
     """How long to wait for readiness: model loading takes minutes."""
     interval: Duration = "5s"
     """Time between health probes."""
+
+
+class ServiceHealth(Health):
+    """How a Service's readiness is decided: the health path, then a warmup request."""
+
     warmup: bool = True
-    """Inference engines only: one tiny real inference request must succeed before the Service is ready."""
+    """One tiny real inference request must succeed before the Service is ready (engines that have one)."""
 
 
 class Placement(Strict):
@@ -200,7 +223,7 @@ class Placement(Strict):
     """Host name to run on (`local` when there are no Host documents)."""
     host_selector: dict[str, str] | None = None
     """Labels a Host must carry; one matching host is chosen by the placement policy."""
-    replicas: int = Field(default=1, ge=0)
+    replicas: Count = Field(default=1, ge=0)
     """How many copies to run."""
     env: dict[str, EnvValue] = Field(default_factory=dict)
     """Environment variables; a value may be `{secretFrom: {env: NAME}}` or `{secretFrom: {file: PATH}}`."""
@@ -227,9 +250,9 @@ class ServiceSpec(Placement):
     """Name of the Model to serve (required except for `custom`)."""
     runtime: Literal["docker", "process"] = "docker"
     """Run as a Docker container or as a native process supervised by aimactl's helper."""
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Count | None = Field(default=None, ge=1, le=65535)
     """Host port the Service is published on; allocated from the Host's `portRange` when absent."""
-    container_port: int | None = Field(default=None, ge=1, le=65535)
+    container_port: Count | None = Field(default=None, ge=1, le=65535)
     """Port the engine listens on inside the container; the engine's default when absent."""
     image: str | None = None
     """Container image override."""
@@ -237,7 +260,7 @@ class ServiceSpec(Placement):
     """Command override (a list of arguments, or one string split like a shell would, without a shell)."""
     args: list[str] = Field(default_factory=list)
     """Extra arguments appended to the engine's command line."""
-    health: Health = Field(default_factory=Health)
+    health: ServiceHealth = Field(default_factory=ServiceHealth)
     """Readiness checks."""
     update: Literal["recreate", "surge"] = "recreate"
     """`recreate` stops the old copy first; `surge` starts the new one beside it when both fit."""
@@ -268,7 +291,7 @@ class AppSpec(Placement):
     """Published ports: `8080`, `"8080:80"` or `127.0.0.1:8080:80/tcp`."""
     depends_on: list[Name] = Field(default_factory=list)
     """Services or Apps that must be ready before this App starts."""
-    health: Health = Field(default_factory=lambda: Health(warmup=False))
+    health: Health = Field(default_factory=Health)
     """Readiness checks; without `path` the App is ready once it keeps running for a few seconds."""
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     """Docker restart policy."""
@@ -304,7 +327,7 @@ class PipelineStep(Strict):
     """Call arguments; string values are templates over `inputs` and `steps`."""
     needs: list[Name] = Field(default_factory=list)
     """Steps that must finish first (references to `steps.<id>` add these edges too)."""
-    retries: int = Field(default=0, ge=0, le=20)
+    retries: Count = Field(default=0, ge=0, le=20)
     """How many times a failed call is retried."""
     timeout: Duration = "120s"
     """Time limit of one call."""

@@ -33,10 +33,14 @@ class Resource:
     doc: Any
     file: str
     line: int
-    refs: list[tuple[TemplateRef, str]] = field(default_factory=list)
+    refs: list[tuple[TemplateRef, tuple[str | int, ...]]] = field(default_factory=list)
     """Deferred template references and the field path holding each."""
     node: Any = None
     """The YAML node of the document, to locate later (semantic) errors."""
+    template_context: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """`vars` (and `env` when allowed) used at load time; deferred templates are rendered with them later."""
+    base_dir: str = "."
+    """Absolute directory of the manifest file: relative paths in it (volumes, secrets, models) start here."""
 
     @property
     def spec(self) -> Any:
@@ -69,7 +73,8 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[ManifestError]]:
     errors: list[ManifestError] = []
     for raw in paths:
         if raw == "-":
-            files.append("-")
+            if "-" not in files:  # stdin can be read once
+                files.append("-")
             continue
         path = Path(raw)
         if path.is_dir():
@@ -89,7 +94,7 @@ class _Renderer:
 
     def __init__(self, context: Mapping[str, Any]):
         self.context = context
-        self.refs: list[tuple[TemplateRef, str]] = []
+        self.refs: list[tuple[TemplateRef, tuple[str | int, ...]]] = []
         self.problems: list[tuple[list[str | int], TemplateProblem]] = []
 
     def walk(self, value: Any, path: list[str | int]) -> Any:
@@ -103,8 +108,7 @@ class _Renderer:
             except TemplateProblem as problem:
                 self.problems.append((path, problem))
                 return value
-            dotted = ".".join(str(p) for p in path)
-            self.refs.extend((ref, dotted) for ref in refs)
+            self.refs.extend((ref, tuple(path)) for ref in refs)
             return rendered
         return value
 
@@ -130,19 +134,62 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return [f.alias or n for n, f in current.model_fields.items()]
 
 
-def _pydantic_errors(exc: ValidationError, model: type[BaseModel], node: Any, file: str) -> list[ManifestError]:
-    """Turn pydantic's errors into ManifestErrors with positions, field paths and hints."""
+def split_loc(data: Any, loc: tuple[Any, ...], missing: bool = False) -> tuple[list[str | int], bool]:
+    """The parts of a pydantic error location that are fields of the document, and whether a union tag was met.
+
+    pydantic inserts union member names (`str`, `SecretValue`, `function-after[...]`) into locations; walking
+    the document itself tells real keys (even capitalised env names) from those tags. The last part of a
+    `missing` error is the absent field's name.
+    """
+    path: list[str | int] = []
+    node, tagged = data, False
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif missing and i == len(loc) - 1:
+            path.append(part)
+        else:
+            tagged = True
+    return path, tagged
+
+
+_BASIC_TYPE_ERRORS = {"string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type", "model_type"}
+
+
+def _pydantic_errors(exc: ValidationError, model: type[BaseModel], data: Any, node: Any,
+                     file: str) -> list[ManifestError]:
+    """Turn pydantic's errors into ManifestErrors with positions, field paths and hints.
+
+    For a union (`str | SecretValue`) pydantic reports every member's failure; a bare "should be a valid
+    string" is dropped when another member explains the same field in more detail.
+    """
+    raw = exc.errors(include_url=False)
+    split = [split_loc(data, tuple(e["loc"]), e["type"] == "missing") for e in raw]
+    detailed = {tuple(path) for (path, _), e in zip(split, raw) if e["type"] not in _BASIC_TYPE_ERRORS}
     out = []
-    for err in _without_union_noise(exc.errors(include_url=False)):
-        loc = tuple(err["loc"])
-        fields = [p for p in loc if isinstance(p, (str, int)) and not _is_union_tag(p)]
+    merged: dict[tuple[str | int, ...], list[str]] = {}
+    for err, (fields, tagged) in zip(raw, split):
+        if tagged and err["type"] in _BASIC_TYPE_ERRORS:
+            merged.setdefault(tuple(fields), []).append(err["msg"].removeprefix("Input should be "))
+    for err, (fields, tagged) in zip(raw, split):
+        covered = any(d[:len(fields)] == tuple(fields) for d in detailed)
+        if tagged and err["type"] in _BASIC_TYPE_ERRORS:
+            alternatives = merged.pop(tuple(fields), None)
+            if covered or not alternatives:
+                continue
+            err = {**err, "msg": "Input should be " + " or ".join(dict.fromkeys(alternatives))}
         path = ".".join(str(p) for p in fields)
         # Unknown and missing fields point at the key; a bad value points at the value itself.
         line, col = locate(node, list(fields), key=err["type"] in ("extra_forbidden", "missing"))
         message, code = err["msg"], "invalid-value"
         if err["type"] == "extra_forbidden":
             code = "unknown-field"
-            message = f"unknown field {fields[-1]!r}{_did_you_mean(str(fields[-1]), _allowed_fields(model, loc))}"
+            hint = _did_you_mean(str(fields[-1]), _allowed_fields(model, tuple(err["loc"])))
+            message = f"unknown field {fields[-1]!r}{hint}"
         elif err["type"] == "missing":
             code = "missing-field"
             message = f"required field {fields[-1]!r} is missing"
@@ -152,31 +199,6 @@ def _pydantic_errors(exc: ValidationError, model: type[BaseModel], node: Any, fi
             message = message[len("Value error, "):]
         out.append(ManifestError(code, message, file, line, col, path))
     return out
-
-
-_BASIC_TYPE_ERRORS = {"string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type"}
-
-
-def _without_union_noise(errors: list[Any]) -> list[Any]:
-    """Drop "should be a valid string" from a union (`str | SecretValue`) when another member explains more.
-
-    pydantic reports a failure for every member of a union; the person only needs the one for the member
-    that the value was clearly meant to be.
-    """
-    def stripped(err: Any) -> tuple[Any, ...]:
-        return tuple(p for p in err["loc"] if not _is_union_tag(p))
-
-    deeper = [stripped(e) for e in errors if e["type"] not in _BASIC_TYPE_ERRORS]
-    return [e for e in errors
-            if not (e["type"] in _BASIC_TYPE_ERRORS and any(_is_union_tag(p) for p in e["loc"])
-                    and any(d[:len(stripped(e))] == stripped(e) and d != () for d in deeper if d != stripped(e)
-                            or len(d) >= len(stripped(e))))]
-
-
-def _is_union_tag(part: Any) -> bool:
-    """pydantic adds union member names (`str`, `list[str]`, `function-after[...]`) to error locations."""
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part
-                                      or part[:1].isupper())
 
 
 def _check_header(data: Mapping[str, Any], node: Any, file: str) -> list[ManifestError]:
@@ -228,7 +250,7 @@ def load_document(node: Any, data: Any, file: str,
     except ValidationError as exc:
         # A field whose template failed is still the raw template; one error about it is enough.
         failed = {e.path for e in errors}
-        errors.extend(e for e in _pydantic_errors(exc, model, node, file) if e.path not in failed)
+        errors.extend(e for e in _pydantic_errors(exc, model, data, node, file) if e.path not in failed)
     if errors:
         return None, errors
     return Resource(data["kind"], data["metadata"]["name"], doc, file, node.start_mark.line + 1, renderer.refs,
@@ -271,6 +293,10 @@ def load(paths: Iterable[str], context: Mapping[str, Any], stdin_text: str | Non
                 result.errors.append(ManifestError("unreadable", f"cannot read: {exc}", file))
                 continue
         part = load_text(text, name, context)
+        base_dir = str((Path.cwd() if file == "-" else Path(file).parent).resolve())
+        for resource in part.resources:
+            resource.base_dir = base_dir
+            resource.template_context = context
         result.resources.extend(part.resources)
         result.errors.extend(part.errors)
         result.broken |= part.broken

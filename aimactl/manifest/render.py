@@ -172,14 +172,18 @@ def render_string(source: str, context: Mapping[str, Any]) -> tuple[str, list[Te
     `context` holds `vars` and, only when the operator allowed it, `env`.
     """
     ast, refs, loaded = analyse(source)
-    _check_immediate(ast, context)
+    if "env" in loaded and "env" not in context:
+        _check_immediate(ast, context)
     if refs:
+        # Rendered later, when the plan knows the deferred values; the variables must exist now.
+        _check_immediate(ast, context)
         return source, refs
     try:
         return environment().from_string(ast).render(**context), []
     except SecurityError as exc:
         raise TemplateProblem("template-unsafe", f"template is not allowed: {exc}") from None
     except UndefinedError as exc:
+        _check_immediate(ast, context)  # names the missing `vars.x` and the flag to pass, when it is that
         raise TemplateProblem("template-undefined", f"template uses an undefined value: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - any failure inside an untrusted template is the template's fault
         raise TemplateProblem("template-error", f"template failed: {type(exc).__name__}: {exc}") from None

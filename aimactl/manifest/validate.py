@@ -68,6 +68,9 @@ def _ref_errors(res: Resource, index: Index) -> Iterable[ManifestError]:
     if res.kind in WORKLOADS and spec.host and spec.host not in hosts:
         yield _error(res, "dangling-reference", f"host {spec.host!r} is not defined; hosts: {', '.join(sorted(hosts))}",
                      ["spec", "host"])
+    if res.kind in WORKLOADS and spec.host_selector and not index.hosts:
+        yield _error(res, "no-matching-host", "hostSelector needs Host documents with matching labels; none are "
+                     "declared", ["spec", "hostSelector"])
     if res.kind in WORKLOADS and spec.host_selector and index.hosts:
         if not any(_matches(h, spec.host_selector) for h in index.hosts.values()):
             yield _error(res, "no-matching-host", f"no Host has the labels {spec.host_selector}",
@@ -80,6 +83,12 @@ def _ref_errors(res: Resource, index: Index) -> Iterable[ManifestError]:
                 yield _error(res, "dangling-reference", f"dependsOn {dep!r}: no Service or App has that name",
                              ["spec", "dependsOn", i])
     for ref, path in res.refs:
+        if ref.root in ("inputs", "steps") and res.kind != "Pipeline":
+            yield _error(res, "misplaced-reference", f"{ref} can only be used in Pipelines", path)
+            continue
+        if res.kind in ("Host", "Model"):
+            yield _error(res, "misplaced-reference", f"{res.kind} documents cannot refer to {ref.root}", path)
+            continue
         if ref.root == "services":
             exists = index.workload(ref.name) is not None
         elif ref.root == "models":
@@ -89,7 +98,13 @@ def _ref_errors(res: Resource, index: Index) -> Iterable[ManifestError]:
         if not exists:
             what = "Service or App" if ref.root == "services" else "Model"
             yield _error(res, "dangling-reference", f"template refers to {ref}, but no {what} is named {ref.name!r}",
-                         path.split("."))
+                         path)
+
+
+def default_host(hosts: Iterable[str]) -> str:
+    """Where a workload without `host` or `hostSelector` runs: `local` when it exists, else the first host."""
+    names = sorted(hosts)
+    return IMPLICIT_HOST if not names or IMPLICIT_HOST in names else names[0]
 
 
 def _matches(host: Resource, selector: dict[str, str]) -> bool:
@@ -149,12 +164,12 @@ def check_pipeline(res: Resource, index: Index) -> list[ManifestError]:
     for ref, path in res.refs:
         if ref.root == "steps" and ref.name not in ids:
             errors.append(_error(res, "dangling-reference", f"template refers to {ref}, but there is no step "
-                                 f"{ref.name!r}", path.split(".")))
+                                 f"{ref.name!r}", path))
         elif ref.root == "inputs" and ref.name not in res.spec.inputs:
             errors.append(_error(res, "dangling-reference", f"template refers to {ref}, but the Pipeline has no "
-                                 f"input {ref.name!r}", path.split(".")))
-        elif ref.root == "steps" and path.startswith("spec.steps."):
-            edges[res.spec.steps[int(path.split(".")[2])].id].add(ref.name)
+                                 f"input {ref.name!r}", path))
+        elif ref.root == "steps" and path[:2] == ("spec", "steps") and len(path) > 2:
+            edges[res.spec.steps[int(path[2])].id].add(ref.name)
     cycle = find_cycle({k: v & set(ids) for k, v in edges.items()})
     if cycle:
         errors.append(_error(res, "cycle", "pipeline steps form a cycle: " + " -> ".join(cycle), ["spec", "steps"]))
@@ -173,10 +188,11 @@ def check_ports(resources: list[Resource]) -> list[ManifestError]:
     """A host port is declared once per host (hostSelector placements are checked at plan time)."""
     taken: dict[tuple[str, int, str], tuple[Resource, str]] = {}
     errors = []
+    fallback = default_host(Index(resources).hosts)
     for res in resources:
         if res.kind not in WORKLOADS or res.spec.host_selector:
             continue
-        host = res.spec.host or IMPLICIT_HOST
+        host = res.spec.host or fallback
         for port, path in _declared_ports(res):
             if res.spec.replicas > 1:
                 errors.append(_error(res, "duplicate-port", f"host port {port.host_port} cannot serve "

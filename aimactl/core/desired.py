@@ -1,0 +1,358 @@
+"""Desired state: every Service and App replica as a concrete, hashed container spec on a host.
+
+Pure: the inputs are the validated manifests, the observed hosts (for stable port allocation and image ids)
+and the digests of secrets (never their values). Engines other than `custom` plug in through
+`render_workload`, the seam the engine catalog fills.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aimactl.core import labels as L
+from aimactl.core.checks import Check, error
+from aimactl.core.containers import ContainerSpec, GpuRequest, Mount, SecretEnv
+from aimactl.core.observed import Observed, PublishedPort
+from aimactl.core.spec import normalise, normalise_image, spec_hash
+from aimactl.manifest import units
+from aimactl.manifest.kinds import SecretValue
+from aimactl.manifest.load import Resource
+from aimactl.manifest.render import TemplateProblem, is_template, render_deferred
+from aimactl.manifest.validate import IMPLICIT_HOST, default_host, dependency_edges
+
+SETTLE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What the planner knows about a Host from its manifest."""
+
+    name: str
+    address: str = "local"
+    url_host: str = "127.0.0.1"
+    data_dir: str = "~/.local/share/aimactl"
+    port_range: tuple[int, int] = (9000, 9100)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How apply decides a replica is ready: an HTTP path on a host port, else running for `settle` seconds."""
+
+    path: str | None = None
+    port: int | None = None
+    startup_timeout: float = 1200.0
+    interval: float = 5.0
+    settle: float = SETTLE_SECONDS
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    """One replica of a Service or App, ready to create."""
+
+    address: str
+    key: str
+    kind: str
+    name: str
+    replica: int
+    host: str
+    container: ContainerSpec
+    spec: dict[str, Any]
+    spec_hash: str
+    depends_on: tuple[str, ...] = ()
+    readiness: Readiness = Readiness()
+
+
+@dataclass
+class Desired:
+    """Every desired container, the dependency edges between resources, and problems found building them."""
+
+    containers: list[DesiredContainer] = field(default_factory=list)
+    edges: dict[str, set[str]] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    hosts: dict[str, HostInfo] = field(default_factory=dict)
+
+
+def address(kind: str, name: str, replica: int, host: str) -> str:
+    """`service.chat[0]@local`: how plans and events name a replica."""
+    return f"{kind.lower()}.{name}[{replica}]@{host}"
+
+
+def host_infos(resources: Sequence[Resource]) -> dict[str, HostInfo]:
+    """Hosts from Host documents, or the one implicit `local` host."""
+    hosts = {}
+    for res in resources:
+        if res.kind != "Host":
+            continue
+        spec = res.spec
+        url_host = "127.0.0.1" if spec.address == "local" else spec.address.split("@")[-1].split("://")[-1]
+        url_host = url_host.rsplit(":", 1)[0] if url_host.count(":") == 1 else url_host
+        hosts[res.name] = HostInfo(res.name, spec.address, url_host, spec.data_dir,
+                                   units.parse_port_range(spec.port_range),
+                                   {**res.doc.metadata.labels, **spec.labels})
+    return hosts or {IMPLICIT_HOST: HostInfo(IMPLICIT_HOST)}
+
+
+def place(res: Resource, hosts: Mapping[str, HostInfo]) -> str | None:
+    """The host a workload runs on: `host`, else the first host (by name) matching `hostSelector`."""
+    spec = res.spec
+    if spec.host:
+        return str(spec.host)
+    if spec.host_selector:
+        names = sorted(hosts)
+        matching = [n for n in names if all(hosts[n].labels.get(k) == v for k, v in spec.host_selector.items())]
+        return matching[0] if matching else None
+    return default_host(hosts)
+
+
+class PortBook:
+    """Host ports in use per host, to allocate free ones and keep allocations stable across plans."""
+
+    def __init__(self, observed: Observed, hosts: Mapping[str, HostInfo], stack: str):
+        self.used: dict[str, set[int]] = {h: set() for h in hosts}
+        self.previous: dict[tuple[str, str, int], list[int]] = {}
+        for host in hosts:
+            seen = observed.hosts.get(host)
+            if not seen:
+                continue
+            self.used[host] |= {p.host_port for c in seen.others for p in c.ports}
+            self.used[host] |= {lst.port for lst in seen.listeners}
+            for c in seen.containers:
+                ports = sorted(p.host_port for p in c.ports)
+                self.previous[(host, c.resource_name or "", c.replica)] = ports
+
+    def reserve(self, host: str, port: int) -> None:
+        """Mark a declared port as taken."""
+        self.used.setdefault(host, set()).add(port)
+
+    def allocate(self, host: str, name: str, replica: int, port_range: tuple[int, int]) -> int | None:
+        """The port this replica had before, else the lowest free port of the range."""
+        for port in self.previous.get((host, name, replica), []):
+            if port_range[0] <= port <= port_range[1]:
+                self.used[host].add(port)
+                return port
+        for port in range(port_range[0], port_range[1] + 1):
+            if port not in self.used.setdefault(host, set()):
+                self.used[host].add(port)
+                return port
+        return None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a Service or App asks for, engine-independent: the input of one replica's ContainerSpec."""
+
+    image: str
+    command: tuple[str, ...] | None
+    container_ports: tuple[PublishedPort, ...]
+    """Ports with host_port 0 are allocated from the host's port range."""
+    readiness_path: str | None
+    readiness_container_port: int | None
+
+
+class Unsupported(Exception):
+    """A workload this version cannot run yet; becomes an error check naming the resource."""
+
+
+def _command(value: Any, args: Sequence[str]) -> tuple[str, ...] | None:
+    """A list stays a list; a string is split like a shell would, without ever running a shell."""
+    if value is None:
+        return tuple(args) if args else None
+    base = shlex.split(value) if isinstance(value, str) else list(value)
+    return tuple(base) + tuple(args)
+
+
+def render_workload(res: Resource) -> Workload:
+    """Turn a Service or App into a Workload. Engines other than `custom` come with the engine catalog."""
+    spec = res.spec
+    if res.kind == "App":
+        if not spec.image:
+            raise Unsupported(f"App template {spec.template!r} needs the template catalog; set 'image'")
+        ports = tuple(PublishedPort(p.host_ip, p.host_port, p.container_port, p.protocol)
+                      for p in (units.parse_port(x) for x in spec.ports))
+        return Workload(spec.image, _command(spec.command, []), ports, spec.health.path, spec.health.port)
+    if spec.runtime != "docker":
+        raise Unsupported(f"runtime {spec.runtime!r} is not supported yet; use runtime: docker")
+    if spec.engine != "custom":
+        raise Unsupported(f"engine {spec.engine!r} needs the engine catalog; use engine: custom with an image")
+    inner = spec.container_port or spec.port
+    ports = (PublishedPort("", spec.port or 0, inner),) if inner else ()
+    return Workload(spec.image, _command(spec.command, spec.args), ports, spec.health.path, spec.health.port)
+
+
+def _secret_source(value: SecretValue, base_dir: str) -> str:
+    source = value.secret_from
+    if source.env is not None:
+        return f"env:{source.env}"
+    path = source.file or ""
+    return f"file:{path if path.startswith('/') else posixpath.normpath(posixpath.join(base_dir, path))}"
+
+
+def _mounts(volumes: Sequence[str], base_dir: str) -> tuple[Mount, ...]:
+    mounts = []
+    for text in volumes:
+        vol = units.parse_volume(text)
+        source = vol.source
+        if source.startswith((".", "/")) and not source.startswith("/"):
+            source = posixpath.normpath(posixpath.join(base_dir, source))
+        mounts.append(Mount(source, vol.target, vol.read_only))
+    return tuple(mounts)
+
+
+def _gpus(value: Any) -> GpuRequest | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return GpuRequest(count=value) if value else None
+    return GpuRequest(device_ids=tuple(str(v) for v in value))
+
+
+def _render(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render deferred templates (`services.x.url`, `models.x.path`) now that the plan knows them."""
+    if isinstance(value, str) and is_template(value):
+        return render_deferred(value, context)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_render(v, context) for v in value)
+    return value
+
+
+def images_of(resources: Sequence[Resource]) -> set[str]:
+    """Image references the manifests use (normalised), so the observer can resolve their ids."""
+    images = set()
+    for res in resources:
+        image = getattr(res.spec, "image", None) if res.kind in ("Service", "App") else None
+        if image and not is_template(image):
+            images.add(normalise_image(image))
+    return images
+
+
+@dataclass
+class _Planned:
+    res: Resource
+    host: str
+    workload: Workload
+    ports: list[tuple[PublishedPort, ...]] = field(default_factory=list)
+
+
+def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo], book: PortBook,
+                    checks: list[Check]) -> list[_Planned]:
+    """Place each Service and App, render its workload and give every replica its host ports."""
+    planned = []
+    for res in resources:
+        if res.kind not in ("Service", "App"):
+            continue
+        host = place(res, hosts)
+        where = f"{res.kind.lower()}.{res.name}"
+        if host is None:
+            checks.append(error("no-host", f"no Host matches hostSelector {res.spec.host_selector}", where))
+            continue
+        try:
+            planned.append(_Planned(res, host, render_workload(res)))
+        except Unsupported as exc:
+            checks.append(error("unsupported", str(exc), where, host))
+    for item in planned:
+        for port in item.workload.container_ports:
+            if port.host_port:
+                book.reserve(item.host, port.host_port)
+    for item in planned:
+        for replica in range(item.res.spec.replicas):
+            ports = []
+            for port in item.workload.container_ports:
+                host_port = port.host_port or book.allocate(item.host, item.res.name, replica,
+                                                            hosts[item.host].port_range)
+                if host_port is None:
+                    checks.append(error("no-free-port", f"no free port left in {hosts[item.host].port_range}",
+                                        address(item.res.kind, item.res.name, replica, item.host), item.host))
+                    host_port = 0
+                ports.append(PublishedPort(port.host_ip, host_port, port.container_port, port.protocol))
+            item.ports.append(tuple(ports))
+    return planned
+
+
+def _context(planned: Sequence[_Planned], hosts: Mapping[str, HostInfo], resources: Sequence[Resource],
+             host: str) -> dict[str, Any]:
+    """Template context for deferred references: endpoints of Services/Apps and model paths on `host`."""
+    services = {}
+    for item in planned:
+        if item.ports and item.ports[0]:
+            url_host, port = hosts[item.host].url_host, item.ports[0][0].host_port
+            services[item.res.name] = {"url": f"http://{url_host}:{port}", "host": url_host, "port": port}
+    data_dir = hosts[host].data_dir
+    models = {r.name: {"path": posixpath.join(data_dir, "models", r.name)} for r in resources if r.kind == "Model"}
+    return {"services": services, "models": models}
+
+
+def _with_vars(context: Mapping[str, Any], res: Resource) -> dict[str, Any]:
+    """The deferred context plus the resource's own `vars` / `env` from load time."""
+    return {**res.template_context, **context}
+
+
+def _container(stack: str, item: _Planned, replica: int, context: Mapping[str, Any]) -> ContainerSpec:
+    """The ContainerSpec of one replica, with deferred templates rendered (identity labels come later)."""
+    spec, res = item.res.spec, item.res
+    base_dir = getattr(res, "base_dir", ".")
+    env: dict[str, str | SecretEnv] = {}
+    for key, value in spec.env.items():
+        env[key] = SecretEnv(_secret_source(value, base_dir)) if isinstance(value, SecretValue) \
+            else _render(value, context)
+    return ContainerSpec(
+        name=L.container_name(stack, res.name, replica),
+        image=_render(item.workload.image, context),
+        command=_render(item.workload.command, context),
+        env=env,
+        ports=item.ports[replica],
+        mounts=_mounts(spec.volumes, base_dir),
+        restart=spec.restart,
+        memory=units.parse_bytes(spec.resources.memory) if spec.resources.memory is not None else None,
+        nano_cpus=int(spec.resources.cpus * 1e9) if spec.resources.cpus else None,
+        gpus=_gpus(spec.resources.gpus),
+        labels=dict(res.doc.metadata.labels),
+    )
+
+
+def _readiness(item: _Planned, replica: int) -> Readiness:
+    health, ports = item.res.spec.health, item.ports[replica]
+    wanted = [p for p in ports if p.container_port == item.workload.readiness_container_port] or list(ports)
+    return Readiness(item.workload.readiness_path, wanted[0].host_port if wanted else None,
+                     units.parse_duration(health.startup_timeout), units.parse_duration(health.interval))
+
+
+def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
+                  secret_digests: Mapping[str, str], image_ids: Mapping[str, Mapping[str, str]]) -> Desired:
+    """Every replica of every Service and App as a DesiredContainer, plus checks for what cannot be built.
+
+    `image_ids[host][image]` are the images present on each host; `secret_digests[source]` the digests of the
+    secrets the controller could read (a missing one is an error check).
+    """
+    hosts = host_infos(resources)
+    desired = Desired(hosts=hosts, edges=dependency_edges(list(resources)))
+    planned = _plan_workloads(resources, hosts, PortBook(observed, hosts, stack), desired.checks)
+    for item in planned:
+        context = _with_vars(_context(planned, hosts, resources, item.host), item.res)
+        kind, name = item.res.kind.lower(), item.res.name
+        for replica in range(item.res.spec.replicas):
+            where = address(kind, name, replica, item.host)
+            try:
+                container = _container(stack, item, replica, context)
+            except TemplateProblem as exc:
+                desired.checks.append(error(exc.code, exc.message, where, item.host))
+                continue
+            for value in container.env.values():
+                if isinstance(value, SecretEnv) and value.source not in secret_digests:
+                    desired.checks.append(error("secret-unavailable", f"secret {value.source} cannot be read on "
+                                                "the controller", where, item.host))
+            image_id = image_ids.get(item.host, {}).get(normalise_image(container.image))
+            normalised = normalise(container, image_id, secret_digests)
+            digest = spec_hash(normalised)
+            identity = L.identity_labels(stack, kind, name, replica, digest, normalised)
+            container = ContainerSpec(**{**container.__dict__, "labels": {**container.labels, **identity}})
+            desired.containers.append(DesiredContainer(
+                where, item.res.key, kind, name, replica, item.host, container, normalised, digest,
+                tuple(sorted(desired.edges.get(item.res.key, ()))), _readiness(item, replica)))
+    return desired
+
+

@@ -1,0 +1,280 @@
+"""The planner: `plan(desired, observed) -> Plan`. Pure; every change carries a reason in words.
+
+Convergence follows Compose: a missing replica is created, a replica whose spec hash differs is updated in
+place when only fields Docker can change differ, else replaced; containers of this stack absent from the
+manifests are deleted. The field-level diff is read from the spec label, never from raw inspect output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aimactl.core.checks import ERROR, Check, error, warning
+from aimactl.core.desired import Desired, DesiredContainer, address
+from aimactl.core.observed import Observed, ObservedContainer, ObservedHost
+from aimactl.core.spec import IN_PLACE_FIELDS, diff_fields, forces_replacement
+
+CREATE, UPDATE, REPLACE, DELETE, NOOP = "create", "update", "replace", "delete", "no-op"
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One field that changes: dotted path, old and new value, and whether it forces a new container."""
+
+    path: str
+    before: Any
+    after: Any
+    forces_replacement: bool
+
+
+@dataclass
+class Change:
+    """What happens to one replica, and why."""
+
+    address: str
+    key: str
+    kind: str
+    name: str
+    replica: int
+    host: str
+    action: str
+    reason: str
+    diff: list[FieldDiff] = field(default_factory=list)
+    container_id: str | None = None
+    observed_hash: str | None = None
+    desired: DesiredContainer | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """What the target looked like when planned: container id and spec hash, or `absent`."""
+        return f"{self.container_id}:{self.observed_hash}" if self.container_id else "absent"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Operator choices that shape a plan."""
+
+    stack: str = "default"
+    replace: frozenset[str] = frozenset()
+    targets: frozenset[str] = frozenset()
+    excludes: frozenset[str] = frozenset()
+    allow_empty: bool = False
+    destroy: bool = False
+
+
+@dataclass
+class Plan:
+    """The one Plan object `plan` prints, `plan -o json` serialises and `apply` executes."""
+
+    stack: str
+    changes: list[Change] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    edges: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Check]:
+        """Checks that make the plan infeasible."""
+        return [c for c in self.checks if c.severity == ERROR]
+
+    @property
+    def actionable(self) -> list[Change]:
+        """Changes other than no-op."""
+        return [c for c in self.changes if c.action != NOOP]
+
+    def summary(self) -> dict[str, int]:
+        """Terraform's counts: a replace is one to add and one to destroy."""
+        count = {a: sum(1 for c in self.changes if c.action == a) for a in (CREATE, UPDATE, REPLACE, DELETE)}
+        return {"add": count[CREATE] + count[REPLACE], "change": count[UPDATE],
+                "destroy": count[DELETE] + count[REPLACE]}
+
+
+def _reason_for_diff(diffs: list[FieldDiff]) -> str:
+    """`image changed`, `env changed (API_KEY, MODE)`, `ports and volumes changed`."""
+    groups: dict[str, list[str]] = {}
+    for d in diffs:
+        head, _, rest = d.path.partition(".")
+        label = "image" if head == "imageId" else head
+        groups.setdefault(label, [])
+        if rest and head in ("env", "labels"):
+            groups[label].append(rest)
+    parts = [f"{g} ({', '.join(v)})" if v else g for g, v in groups.items()]
+    if "image" in groups and not any(d.path == "image" for d in diffs):
+        parts[list(groups).index("image")] = "image id (the tag now points at another image)"
+    return (" and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]) + " changed"
+
+
+def _state_reason(seen: ObservedContainer) -> str | None:
+    """Why a container with the right spec still needs work, or None when it is fine."""
+    if seen.state == "created":
+        return "container was created but never started (an apply was interrupted)"
+    if seen.state in ("exited", "dead"):
+        return f"container {seen.state} ({seen.exit_code})" if seen.exit_code is not None else f"container {seen.state}"
+    if seen.state == "paused":
+        return "container is paused"
+    return None
+
+
+def decide(want: DesiredContainer, seen: ObservedContainer | None, forced: bool) -> Change:
+    """The action for one desired replica given what runs now."""
+    change = Change(want.address, want.key, want.kind, want.name, want.replica, want.host, NOOP, "up to date",
+                    desired=want)
+    if seen is None:
+        change.action, change.reason = CREATE, f"not running on {want.host}"
+        return change
+    change.container_id, change.observed_hash = seen.id, seen.spec_hash
+    stored = seen.spec
+    diffs = [FieldDiff(p, b, a, forces_replacement(p)) for p, b, a in diff_fields(stored, want.spec)]
+    state = _state_reason(seen)
+    if forced:
+        change.action, change.reason = REPLACE, "as requested (--replace)"
+    elif stored is None:
+        change.action, change.reason = REPLACE, "the spec label is missing or unreadable"
+    elif seen.spec_hash != want.spec_hash and diffs:
+        in_place = all(d.path in IN_PLACE_FIELDS for d in diffs) and state is None
+        change.action = UPDATE if in_place else REPLACE
+        change.reason = _reason_for_diff(diffs)
+    elif state:
+        change.action, change.reason = REPLACE, state
+    change.diff = diffs if change.action in (UPDATE, REPLACE) else []
+    return change
+
+
+def _delete(host: str, seen: ObservedContainer, reason: str) -> Change:
+    kind, name = seen.resource_kind or "container", seen.resource_name or seen.name
+    return Change(address(kind, name, seen.replica, host), f"{kind}/{name}", kind, name, seen.replica, host, DELETE,
+                  reason, container_id=seen.id, observed_hash=seen.spec_hash)
+
+
+def _orphans(hosts: dict[str, ObservedHost], wanted: set[tuple[str, str, int]],
+             replicas: dict[tuple[str, str], int], destroy: bool) -> list[Change]:
+    """This stack's containers that no manifest wants any more."""
+    changes = []
+    for host_name, host in sorted(hosts.items()):
+        if not host.reachable:
+            continue
+        for seen in sorted(host.containers, key=lambda c: c.name):
+            ident = (host_name, f"{seen.resource_kind}/{seen.resource_name}", seen.replica)
+            if ident in wanted:
+                continue
+            count = replicas.get((host_name, ident[1]))
+            reason = ("destroy requested" if destroy else f"replica {seen.replica} is beyond replicas: {count}"
+                      if count is not None else "not in manifests")
+            changes.append(_delete(host_name, seen, reason))
+    return changes
+
+
+def _holders(host: ObservedHost) -> dict[tuple[int, str], str]:
+    """Who holds each host port besides this stack: other containers by name, then bare listeners."""
+    held: dict[tuple[int, str], str] = {}
+    own = {(p.host_port, p.protocol) for c in host.containers for p in c.ports}
+    for other in host.others:
+        for p in other.ports:
+            held[(p.host_port, p.protocol)] = f"container {other.name!r}, which this stack does not manage"
+    for listener in host.listeners:
+        key = (listener.port, listener.protocol)
+        if key not in own and key not in held:
+            held[key] = "a process that aimactl does not manage"
+    return held
+
+
+def feasibility(changes: Iterable[Change], observed: Observed) -> list[Check]:
+    """Errors found before anything changes: ports held by others, images missing on the host."""
+    checks = []
+    holders = {name: _holders(host) for name, host in observed.hosts.items()}
+    for change in changes:
+        want = change.desired
+        if change.action not in (CREATE, REPLACE) or want is None:
+            continue
+        for port in want.container.ports:
+            holder = holders.get(change.host, {}).get((port.host_port, port.protocol))
+            if holder:
+                checks.append(error("port-taken", f"host port {port.host_port}/{port.protocol} on {change.host} is "
+                                    f"held by {holder}", change.address, change.host))
+        if want.spec.get("imageId") is None:
+            checks.append(error("image-missing", f"image {want.spec['image']!r} is not on host {change.host}; "
+                                "nothing is pulled automatically: `docker pull`, `docker load` or `docker import` it "
+                                "there first", change.address, change.host))
+    return checks
+
+
+def _matches(change: Change, selectors: frozenset[str]) -> bool:
+    """`service/chat`, `service.chat`, `chat` or a full address select a change."""
+    names = {change.key, change.key.replace("/", "."), change.name, change.address}
+    return bool(names & selectors)
+
+
+def _select(changes: list[Change], options: PlanOptions, edges: dict[str, set[str]]) -> list[Change]:
+    """Apply --target (with what targets depend on) and --exclude (with what depends on excluded)."""
+    if options.targets:
+        keys = {c.key for c in changes if _matches(c, options.targets)}
+        stack = list(keys)
+        while stack:
+            for dep in edges.get(stack.pop(), ()):
+                if dep not in keys:
+                    keys.add(dep)
+                    stack.append(dep)
+        changes = [c for c in changes if c.key in keys]
+    if options.excludes:
+        dropped = {c.key for c in changes if _matches(c, options.excludes)}
+        grew = True
+        while grew:
+            more = {k for k, deps in edges.items() if deps & dropped} - dropped
+            grew = bool(more)
+            dropped |= more
+        changes = [c for c in changes if c.key not in dropped]
+    return changes
+
+
+def _order(changes: list[Change]) -> list[Change]:
+    """Deletes and replaces first (as Terraform lists them), then by address."""
+    rank = {DELETE: 0, REPLACE: 1, UPDATE: 2, CREATE: 3, NOOP: 4}
+    return sorted(changes, key=lambda c: (rank[c.action], c.address))
+
+
+def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOptions()) -> Plan:
+    """Compare what the manifests want with what the hosts run; return every change with its reason."""
+    result = Plan(options.stack, checks=list(desired.checks), edges=desired.edges)
+    for name, seen_host in sorted(observed.hosts.items()):
+        if not seen_host.reachable:
+            result.checks.append(error("host-unreachable", f"host {name} is unreachable: {seen_host.error}; its "
+                                       "resources are left untouched", host=name))
+    result.checks.extend(warnings_for(observed))
+    wanted = [] if options.destroy else desired.containers
+    changes = []
+    for want in wanted:
+        host = observed.hosts.get(want.host)
+        if host is not None and not host.reachable:
+            continue
+        seen = next((c for c in (host.containers if host else []) if c.resource_kind == want.kind
+                     and c.resource_name == want.name and c.replica == want.replica), None)
+        changes.append(decide(want, seen, _matches_replace(want, options.replace)))
+    idents = {(w.host, w.key, w.replica) for w in wanted}
+    replicas: dict[tuple[str, str], int] = {}
+    for w in wanted:
+        replicas[(w.host, w.key)] = replicas.get((w.host, w.key), 0) + 1
+    deletes = _orphans(observed.hosts, idents, replicas, options.destroy)
+    if deletes and not wanted and not (options.allow_empty or options.destroy):
+        result.checks.append(error("empty-manifests", f"the manifests declare no Services or Apps: refusing to delete "
+                                   f"all {len(deletes)} containers of stack {options.stack!r}; pass --allow-empty "
+                                   "or use `aimactl destroy`"))
+        deletes = []
+    result.changes = _order(_select(changes + deletes, options, desired.edges))
+    result.checks.extend(feasibility(result.changes, observed))
+    return result
+
+
+def _matches_replace(want: DesiredContainer, selectors: frozenset[str]) -> bool:
+    names = {want.key, want.key.replace("/", "."), want.name, want.address}
+    return bool(names & selectors)
+
+
+def warnings_for(observed: Observed) -> list[Check]:
+    """Warnings about what runs now: replicas stuck restarting."""
+    out = []
+    for name, host in observed.hosts.items():
+        for c in host.containers:
+            if c.state == "restarting":
+                out.append(warning("restarting", f"{c.name} keeps restarting ({c.restart_count} restarts)", host=name))
+    return out
