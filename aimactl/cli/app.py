@@ -9,6 +9,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -70,6 +71,79 @@ def explain(
     from aimactl.cli.manifests import explain_command
 
     explain_command(field, recursive)
+
+
+OPT_FILES = typer.Option([], "-f", "--filename", help="Manifest file or directory (repeatable); '-' reads stdin.")
+STACK = typer.Option("default", "--stack", envvar="AIMACTL_STACK", help="Stack: the unit of ownership and pruning.")
+PARALLELISM = typer.Option(4, "--parallelism", min=1, max=64, help="Operations at once per wave.")
+TARGETS = typer.Option([], "--target", help="Only this resource (and what it needs), e.g. service/chat.")
+EXCLUDES = typer.Option([], "--exclude", help="Leave this resource (and what needs it) alone.")
+REPLACES = typer.Option([], "--replace", help="Force this resource to be replaced.")
+ALLOW_EMPTY = typer.Option(False, "--allow-empty", help="Allow manifests with no workloads to prune the whole stack.")
+AUTO_APPROVE = typer.Option(False, "--auto-approve", help="Do not ask for approval.")
+LOCK_TIMEOUT = typer.Option("0s", "--lock-timeout", help="How long to wait for the stack lock, e.g. 30s.")
+
+
+def _common(files: list[str], stack: str, var: list[str], var_file: list[str], allow_env: bool, parallelism: int,
+            target: list[str], exclude: list[str], replace: list[str], allow_empty: bool) -> Any:
+    from aimactl.cli.stack import Common
+
+    return Common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty)
+
+
+def _seconds(text: str) -> float:
+    from aimactl.manifest.units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def plan(
+    files: list[str] = FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+    allow_env: bool = ALLOW_ENV, parallelism: int = PARALLELISM, target: list[str] = TARGETS,
+    exclude: list[str] = EXCLUDES, replace: list[str] = REPLACES, allow_empty: bool = ALLOW_EMPTY,
+    output: Output = typer.Option(Output.text, "-o", "--output", help="text or json."),
+    out: Path = typer.Option(None, "--out", help="Save the plan to apply it later with `aimactl apply FILE`."),
+    detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 2 when there are changes."),
+) -> None:
+    """Show what apply would change on the hosts, and why."""
+    from aimactl.cli.stack import plan_command
+
+    plan_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty),
+                 output.value, out, detailed_exitcode)
+
+
+@app.command()
+def apply(
+    plan_file: Path = typer.Argument(None, help="A plan saved with `plan --out`; re-checked before use."),
+    files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+    allow_env: bool = ALLOW_ENV, parallelism: int = PARALLELISM, target: list[str] = TARGETS,
+    exclude: list[str] = EXCLUDES, replace: list[str] = REPLACES, allow_empty: bool = ALLOW_EMPTY,
+    auto_approve: bool = AUTO_APPROVE, lock_timeout: str = LOCK_TIMEOUT,
+) -> None:
+    """Converge the hosts to the manifests (or to a saved plan), waiting for readiness."""
+    from aimactl.cli.stack import apply_command
+
+    if plan_file is None and not files:
+        raise typer.BadParameter("give manifests with -f, or a saved plan file")
+    apply_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty),
+                  plan_file, auto_approve, _seconds(lock_timeout))
+
+
+@app.command()
+def destroy(
+    files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+    allow_env: bool = ALLOW_ENV, parallelism: int = PARALLELISM, auto_approve: bool = AUTO_APPROVE,
+    lock_timeout: str = LOCK_TIMEOUT,
+) -> None:
+    """Remove every container of the stack (dependents first)."""
+    from aimactl.cli.stack import destroy_command
+
+    destroy_command(_common(files, stack, var, var_file, allow_env, parallelism, [], [], [], True), auto_approve,
+                    _seconds(lock_timeout))
 
 
 @app.command()

@@ -184,7 +184,8 @@ def render_workload(res: Resource) -> Workload:
     return Workload(spec.image, _command(spec.command, spec.args), ports, spec.health.path, spec.health.port)
 
 
-def _secret_source(value: SecretValue, base_dir: str) -> str:
+def secret_source(value: SecretValue, base_dir: str) -> str:
+    """`env:NAME` or `file:/abs/path` (relative files start at the manifest's directory)."""
     source = value.secret_from
     if source.env is not None:
         return f"env:{source.env}"
@@ -297,7 +298,7 @@ def _container(stack: str, item: _Planned, replica: int, context: Mapping[str, A
     base_dir = getattr(res, "base_dir", ".")
     env: dict[str, str | SecretEnv] = {}
     for key, value in spec.env.items():
-        env[key] = SecretEnv(_secret_source(value, base_dir)) if isinstance(value, SecretValue) \
+        env[key] = SecretEnv(secret_source(value, base_dir)) if isinstance(value, SecretValue) \
             else _render(value, context)
     return ContainerSpec(
         name=L.container_name(stack, res.name, replica),

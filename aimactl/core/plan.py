@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aimactl.core.checks import ERROR, Check, error, warning
-from aimactl.core.desired import Desired, DesiredContainer, address
+from aimactl.core.desired import Desired, DesiredContainer, HostInfo, address
 from aimactl.core.observed import Observed, ObservedContainer, ObservedHost
 from aimactl.core.spec import IN_PLACE_FIELDS, diff_fields, forces_replacement
 
@@ -72,6 +72,7 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     edges: dict[str, set[str]] = field(default_factory=dict)
+    hosts: dict[str, HostInfo] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Check]:
@@ -235,7 +236,7 @@ def _order(changes: list[Change]) -> list[Change]:
 
 def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOptions()) -> Plan:
     """Compare what the manifests want with what the hosts run; return every change with its reason."""
-    result = Plan(options.stack, checks=list(desired.checks), edges=desired.edges)
+    result = Plan(options.stack, checks=list(desired.checks), edges=desired.edges, hosts=desired.hosts)
     for name, seen_host in sorted(observed.hosts.items()):
         if not seen_host.reachable:
             result.checks.append(error("host-unreachable", f"host {name} is unreachable: {seen_host.error}; its "

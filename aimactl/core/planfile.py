@@ -10,7 +10,7 @@ from typing import Any
 
 from aimactl.core.checks import Check
 from aimactl.core.containers import ContainerSpec, GpuRequest, Mount, SecretEnv
-from aimactl.core.desired import DesiredContainer, Readiness
+from aimactl.core.desired import DesiredContainer, HostInfo, Readiness
 from aimactl.core.observed import PublishedPort
 from aimactl.core.plan import Change, FieldDiff, Plan
 
@@ -71,6 +71,8 @@ def to_dict(plan: Plan) -> dict[str, Any]:
         "checks": [c.to_dict() for c in plan.checks],
         "summary": plan.summary(),
         "edges": {k: sorted(v) for k, v in sorted(plan.edges.items())},
+        "hosts": {name: {**asdict(h), "port_range": list(h.port_range), "labels": dict(h.labels)}
+                  for name, h in sorted(plan.hosts.items())},
     }
 
 
@@ -85,6 +87,7 @@ def from_dict(data: dict[str, Any]) -> Plan:
                    for c in data["changes"]]
         checks = [Check(**c) for c in data["checks"]]
         edges = {k: set(v) for k, v in data.get("edges", {}).items()}
+        hosts = {n: HostInfo(**{**h, "port_range": tuple(h["port_range"])}) for n, h in data.get("hosts", {}).items()}
     except (KeyError, TypeError, IndexError) as exc:
         raise PlanFileError(f"plan file is damaged: {exc}") from None
-    return Plan(data["stack"], changes, checks, edges)
+    return Plan(data["stack"], changes, checks, edges, hosts)

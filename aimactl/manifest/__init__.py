@@ -21,6 +21,7 @@ class Manifests:
 
     resources: list[Resource] = field(default_factory=list)
     errors: list[ManifestError] = field(default_factory=list)
+    sources: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -59,4 +60,4 @@ def load_manifests(paths: Iterable[str], var_args: Iterable[str] = (), var_files
     errors.extend(result.errors)
     errors.extend(e for e in validate(result.resources)
                   if not (e.code == "dangling-reference" and any(repr(n) in e.message for n in result.broken)))
-    return Manifests(result.resources, errors)
+    return Manifests(result.resources, errors, result.sources)

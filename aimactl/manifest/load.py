@@ -63,6 +63,8 @@ class LoadResult:
 
     resources: list[Resource] = field(default_factory=list)
     errors: list[ManifestError] = field(default_factory=list)
+    sources: list[dict[str, str]] = field(default_factory=list)
+    """Every file read, as {file, text}: revisions keep them so that a rollback can replay them."""
     broken: set[str] = field(default_factory=set)
     """Names of documents that failed to load: references to them are not reported as dangling too."""
 
@@ -293,6 +295,7 @@ def load(paths: Iterable[str], context: Mapping[str, Any], stdin_text: str | Non
                 result.errors.append(ManifestError("unreadable", f"cannot read: {exc}", file))
                 continue
         part = load_text(text, name, context)
+        result.sources.append({"file": name if file == "-" else str(Path(file).resolve()), "text": text})
         base_dir = str((Path.cwd() if file == "-" else Path(file).parent).resolve())
         for resource in part.resources:
             resource.base_dir = base_dir

@@ -1,0 +1,211 @@
+"""plan, apply, destroy: flag handling and rendering around converge.session."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from aimactl.cli.output import console, error, print_json
+
+
+@dataclass
+class Common:
+    """Flags shared by plan, apply and destroy."""
+
+    files: list[str] = field(default_factory=list)
+    stack: str = "default"
+    var: list[str] = field(default_factory=list)
+    var_file: list[str] = field(default_factory=list)
+    allow_env: bool = False
+    parallelism: int = 4
+    targets: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    replace: list[str] = field(default_factory=list)
+    allow_empty: bool = False
+
+
+def check_stack(stack: str) -> str:
+    """Stack names become container names: same rule as resource names."""
+    from aimactl.manifest.kinds import check_name
+
+    try:
+        return check_name(stack)
+    except ValueError as exc:
+        error(f"--stack: {exc}")
+        raise typer.Exit(1) from None
+
+
+def load_or_exit(common: Common) -> Any:
+    """Load and validate the manifests; print every error and exit 1 when any."""
+    from aimactl.cli.manifests import read_manifests
+
+    manifests = read_manifests(common.files, common.var, common.var_file, common.allow_env)
+    if not manifests.valid:
+        err = console(stderr=True)
+        for e in manifests.errors:
+            err.print(f"{e.location()}: {e.code}: " + (f"{e.path}: " if e.path else "") + e.message, markup=False)
+        raise typer.Exit(1)
+    return manifests
+
+
+def make_session(common: Common, manifests: Any, destroy: bool = False) -> Any:
+    """Observe and plan."""
+    from aimactl.converge.session import plan_stack
+    from aimactl.core.plan import PlanOptions
+
+    options = PlanOptions(check_stack(common.stack), frozenset(common.replace), frozenset(common.targets),
+                          frozenset(common.excludes), common.allow_empty, destroy)
+    return plan_stack(manifests, options, os.environ, common.parallelism)
+
+
+def plan_command(common: Common, output: str, out: Path | None, detailed_exitcode: bool) -> None:
+    """Print (or save) the plan; exit 0 no changes, 1 error, 2 changes with --detailed-exitcode."""
+    from aimactl.cli.render import plan_text
+    from aimactl.core.planfile import to_dict
+
+    session = make_session(common, load_or_exit(common))
+    try:
+        plan = session.plan
+        if output == "json":
+            print_json(to_dict(plan))
+        else:
+            console().print(plan_text(plan))
+        if out:
+            out.write_text(json.dumps(to_dict(plan), indent=2) + "\n", encoding="utf-8")
+            out.chmod(0o600)
+            if output != "json":
+                console().print(f"\nSaved the plan to {out}. Apply exactly this plan with: aimactl apply {out}")
+    finally:
+        session.close()
+    if plan.errors:
+        raise typer.Exit(1)
+    raise typer.Exit(2 if detailed_exitcode and plan.actionable else 0)
+
+
+class LineReporter:
+    """Terraform-style progress lines, safe to print from worker threads."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+
+    def started(self, change: Any) -> None:
+        from aimactl.cli.render import step_line
+
+        with self.lock:
+            console().print(step_line(change, None))
+
+    def finished(self, change: Any, result: Any) -> None:
+        from aimactl.cli.render import step_line
+
+        with self.lock:
+            console().print(step_line(change, result))
+
+
+def approve(auto_approve: bool, what: str) -> None:
+    """Ask before changing anything; refuse without a terminal unless --auto-approve."""
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        error(f"refusing to {what} without approval: no terminal to ask on. Review the plan, then pass "
+              "--auto-approve")
+        raise typer.Exit(1)
+    answer = typer.prompt(f"\nDo you want to {what}? Only 'yes' will be accepted", default="", show_default=False)
+    if answer.strip() != "yes":
+        console().print(f"{what.capitalize()} cancelled.")
+        raise typer.Exit(1)
+
+
+def execute(session: Any, kind: str, parallelism: int, lock_timeout: float, source: str | None = None) -> None:
+    """Apply a session's plan under the lock, print the results table, exit 1 on any failure."""
+    from aimactl.cli.render import results_table
+    from aimactl.converge.session import apply_session
+    from aimactl.store import StoreError, open_store
+
+    store = open_store(environ=os.environ)
+    try:
+        outcome = apply_session(session, store, LineReporter(), kind=kind, parallelism=parallelism,
+                                lock_timeout=lock_timeout, environ=os.environ, source=source)
+    except StoreError as exc:
+        error(str(exc))
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+        session.close()
+    console().print(results_table(outcome.results))
+    verb = "Destroy" if kind == "destroy" else "Apply"
+    console().print(f"{verb} {'[red]failed[/red]' if outcome.failed else '[green]complete[/green]'} "
+                    f"(revision {outcome.revision}).")
+    raise typer.Exit(1 if outcome.failed else 0)
+
+
+def _saved_session(path: Path, common: Common) -> Any:
+    """A session from a saved plan: its hosts reconnected, its targets re-checked (stale plans are refused)."""
+    from aimactl.converge.observe import Connections
+    from aimactl.converge.session import Session, stale_targets
+    from aimactl.core.observed import Observed
+    from aimactl.core.planfile import PlanFileError, from_dict
+
+    try:
+        plan = from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, PlanFileError) as exc:
+        error(f"cannot read plan file {path}: {exc}")
+        raise typer.Exit(1) from None
+    session = Session(plan.stack, plan, Observed(), Connections(plan.hosts, os.environ))
+    stale = stale_targets(session)
+    if stale:
+        session.close()
+        error(f"the saved plan {path} is stale; what changed since it was made:\n  " + "\n  ".join(stale)
+              + "\nRun `aimactl plan` again.")
+        raise typer.Exit(1)
+    return session
+
+
+def apply_command(common: Common, plan_file: Path | None, auto_approve: bool, lock_timeout: float) -> None:
+    """Plan (or load a saved plan), ask, then converge."""
+    from aimactl.cli.render import plan_text
+
+    if plan_file is not None:
+        session = _saved_session(plan_file, common)
+        auto_approve = True  # a saved plan was reviewed when it was made, as with terraform apply PLANFILE
+    else:
+        session = make_session(common, load_or_exit(common))
+    console().print(plan_text(session.plan))
+    if session.plan.errors:
+        session.close()
+        raise typer.Exit(1)
+    if not session.plan.actionable:
+        session.close()
+        raise typer.Exit(0)
+    try:
+        approve(auto_approve, "perform these actions")
+    except typer.Exit:
+        session.close()
+        raise
+    execute(session, "apply", common.parallelism, lock_timeout)
+
+
+def destroy_command(common: Common, auto_approve: bool, lock_timeout: float) -> None:
+    """Delete every container of the stack (dependents first when manifests are given)."""
+    from aimactl.cli.render import plan_text
+    from aimactl.manifest import Manifests
+
+    manifests = load_or_exit(common) if common.files else Manifests()
+    session = make_session(common, manifests, destroy=True)
+    console().print(plan_text(session.plan))
+    if session.plan.errors or not session.plan.actionable:
+        session.close()
+        raise typer.Exit(1 if session.plan.errors else 0)
+    try:
+        approve(auto_approve, "destroy these resources")
+    except typer.Exit:
+        session.close()
+        raise
+    execute(session, "destroy", common.parallelism, lock_timeout)

@@ -1,0 +1,1 @@
+"""Converging hosts: observe them, plan against the manifests, apply in waves, record what happened."""

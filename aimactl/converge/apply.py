@@ -1,0 +1,197 @@
+"""Execute a Plan: deletes first (dependents before what they need), then waves in dependency order.
+
+Each step re-checks its target right before acting, so applying the same plan twice, or a plan another apply
+overtook, does no harm. A failure skips only the resources that depend on it. `parallelism` bounds the
+operations on the Docker engines; readiness waits run beside them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from aimactl.converge.observe import Connections
+from aimactl.converge.readiness import NotReady, wait_ready
+from aimactl.converge.secrets import SecretUnavailable, resolve_env
+from aimactl.core.graph import waves
+from aimactl.core.observed import ObservedContainer
+from aimactl.core.plan import CREATE, DELETE, NOOP, REPLACE, UPDATE, Change, Plan
+from aimactl.runtimes import ContainerNotFound, Runtime, RuntimeFailure
+
+DONE, FAILED, SKIPPED, UNCHANGED = "done", "failed", "skipped", "unchanged"
+
+
+@dataclass
+class StepResult:
+    """What happened to one change."""
+
+    address: str
+    key: str
+    action: str
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+
+
+class Reporter(Protocol):
+    """Receives progress; the CLI renders it, tests record it."""
+
+    def started(self, change: Change) -> None:
+        """A step begins."""
+
+    def finished(self, change: Change, result: StepResult) -> None:
+        """A step ended (done, failed, skipped or unchanged)."""
+
+
+class StepFailed(Exception):
+    """A step could not be carried out; the message says why in words."""
+
+
+class Executor:
+    """Runs the changes of one plan against the hosts."""
+
+    def __init__(self, connections: Connections, stack: str, reporter: Reporter, parallelism: int = 4,
+                 environ: Mapping[str, str] | None = None, stop_timeout: int = 10):
+        self.connections = connections
+        self.stack = stack
+        self.reporter = reporter
+        self.slots = threading.Semaphore(max(1, parallelism))
+        self.environ = environ
+        self.stop_timeout = stop_timeout
+        self.failed: set[str] = set()
+
+    def run(self, plan: Plan) -> list[StepResult]:
+        """Apply every actionable change; returns one result per change, in execution order."""
+        results: list[StepResult] = []
+        todo = plan.actionable
+        deletes = [c for c in todo if c.action == DELETE]
+        for group in _delete_waves(deletes, plan.edges):
+            results += self._run_wave(group, plan.edges)
+        others = [c for c in todo if c.action != DELETE]
+        for group in _forward_waves(others, plan.edges):
+            results += self._run_wave(group, plan.edges)
+        return results
+
+    def _run_wave(self, changes: list[Change], edges: Mapping[str, set[str]]) -> list[StepResult]:
+        if not changes:
+            return []
+        with ThreadPoolExecutor(max_workers=len(changes)) as pool:
+            return list(pool.map(lambda c: self._step(c, edges), changes))
+
+    def _step(self, change: Change, edges: Mapping[str, set[str]]) -> StepResult:
+        blocked = _failed_dependency(change.key, edges, self.failed)
+        if blocked:
+            result = StepResult(change.address, change.key, change.action, SKIPPED, f"dependency {blocked} failed")
+            self.failed.add(change.key)
+            self.reporter.finished(change, result)
+            return result
+        self.reporter.started(change)
+        start = time.monotonic()
+        try:
+            status, message = self._act(change)
+        except (StepFailed, NotReady, RuntimeFailure, SecretUnavailable) as exc:
+            status, message = FAILED, str(exc)
+            self.failed.add(change.key)
+        result = StepResult(change.address, change.key, change.action, status, message, time.monotonic() - start)
+        self.reporter.finished(change, result)
+        return result
+
+    def _act(self, change: Change) -> tuple[str, str]:
+        runtime = self.connections.runtime(change.host)
+        if change.action == DELETE:
+            return self._delete(runtime, change)
+        if change.action == UPDATE:
+            return self._update(runtime, change)
+        if change.action in (CREATE, REPLACE):
+            return self._converge(runtime, change)
+        return UNCHANGED, "no-op"
+
+    def _current(self, runtime: Runtime, name_or_id: str) -> ObservedContainer | None:
+        """Re-check the target right before acting."""
+        try:
+            return runtime.inspect(name_or_id)  # type: ignore[attr-defined, no-any-return]
+        except ContainerNotFound:
+            return None
+
+    def _converge(self, runtime: Runtime, change: Change) -> tuple[str, str]:
+        """Create or replace: remove what holds the name (if ours), then create, start and wait for readiness."""
+        want = change.desired
+        assert want is not None
+        current = self._current(runtime, want.container.name)
+        if current is not None:
+            if not current.managed or current.stack != self.stack:
+                raise StepFailed(f"a container named {current.name} exists and is not managed by stack {self.stack}")
+            if current.spec_hash == want.spec_hash and current.running and current.id != change.container_id:
+                return UNCHANGED, "already converged by another run"
+            with self.slots:
+                runtime.stop(current.id, self.stop_timeout)
+                runtime.remove(current.id)
+        env, _ = resolve_env(want.container, self.environ)
+        with self.slots:
+            container_id = runtime.create(want.container, env)
+            try:
+                runtime.start(container_id)
+            except RuntimeFailure:
+                runtime.remove(container_id)
+                raise
+        waited = wait_ready(runtime, container_id, want.readiness, self.connections.hosts[change.host].url_host)
+        verb = "created" if change.action == CREATE else "replaced"
+        return DONE, f"{verb} [id={container_id[:12]}], ready after {waited:.1f}s"
+
+    def _update(self, runtime: Runtime, change: Change) -> tuple[str, str]:
+        want = change.desired
+        assert want is not None and change.container_id
+        spec = want.container
+        with self.slots:
+            runtime.update_in_place(change.container_id, spec.restart, spec.memory, spec.nano_cpus)
+        return DONE, "updated in place: " + ", ".join(d.path for d in change.diff)
+
+    def _delete(self, runtime: Runtime, change: Change) -> tuple[str, str]:
+        current = self._current(runtime, change.container_id or "")
+        if current is None:
+            return UNCHANGED, "already gone"
+        with self.slots:
+            runtime.stop(current.id, self.stop_timeout)
+            runtime.remove(current.id)
+        return DONE, "deleted"
+
+
+def _failed_dependency(key: str, edges: Mapping[str, set[str]], failed: set[str]) -> str | None:
+    """The first failed resource this one depends on, directly or not."""
+    seen, stack = set(), list(edges.get(key, ()))
+    while stack:
+        dep = stack.pop()
+        if dep in failed:
+            return dep
+        if dep not in seen:
+            seen.add(dep)
+            stack.extend(edges.get(dep, ()))
+    return None
+
+
+def _key_waves(keys: set[str], edges: Mapping[str, set[str]]) -> list[list[str]]:
+    graph = {k: set(edges.get(k, set())) for k in keys}
+    for deps in list(graph.values()):
+        for dep in deps:
+            graph.setdefault(dep, set(edges.get(dep, set())))
+    return [[k for k in wave if k in keys] for wave in waves(graph)]
+
+
+def _forward_waves(changes: list[Change], edges: Mapping[str, set[str]]) -> list[list[Change]]:
+    """Creates, updates and replaces: everything a resource needs goes first."""
+    by_key: dict[str, list[Change]] = {}
+    for change in changes:
+        by_key.setdefault(change.key, []).append(change)
+    return [[c for k in wave for c in by_key[k]] for wave in _key_waves(set(by_key), edges)]
+
+
+def _delete_waves(changes: list[Change], edges: Mapping[str, set[str]]) -> list[list[Change]]:
+    """Deletes in reverse: what depends on a resource goes before it."""
+    return list(reversed(_forward_waves(changes, edges)))
+
+
+__all__ = ["Executor", "Reporter", "StepResult", "DONE", "FAILED", "SKIPPED", "UNCHANGED", "NOOP"]

@@ -1,0 +1,72 @@
+"""Readiness: a replica is ready when its health path answers 2xx, or, without one, once it keeps running.
+
+A replica that exits while starting, or is not ready by its startup timeout, fails with the last lines of its
+log, because that is where the reason is.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+from aimactl.core.desired import Readiness
+from aimactl.runtimes import Runtime, RuntimeFailure
+
+LOG_LINES = 20
+MAX_POLL = 0.5
+
+
+class NotReady(Exception):
+    """A replica did not become ready; the message carries the reason and the last log lines."""
+
+
+def probe(url: str, timeout: float = 2.0) -> str | None:
+    """GET `url`; None when it answered 2xx, else why not."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own endpoint
+            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return str(reason)
+
+
+def last_logs(runtime: Runtime, container_id: str, lines: int = LOG_LINES) -> str:
+    """The last log lines of a container, indented for an error message (empty when there are none)."""
+    try:
+        text = [line.rstrip("\n") for line in runtime.logs(container_id, tail=lines)]
+    except RuntimeFailure:
+        return ""
+    return ("\n  last log lines:\n" + "\n".join(f"    {line}" for line in text)) if text else ""
+
+
+def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: str,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
+    """Block until the replica is ready; returns seconds waited. Raises NotReady with the reason and logs."""
+    start = clock()
+    deadline = start + readiness.startup_timeout
+    running_since: float | None = None
+    last_problem = "not probed yet"
+    while True:
+        seen = runtime.inspect(container_id)
+        if not seen.running:
+            code = f" with exit code {seen.exit_code}" if seen.exit_code is not None else ""
+            raise NotReady(f"container {seen.state}{code} while starting" + last_logs(runtime, container_id))
+        now = clock()
+        if readiness.path and readiness.port:
+            url = f"http://{host}:{readiness.port}{readiness.path}"
+            last_problem = probe(url) or ""
+            if not last_problem:
+                return now - start
+            last_problem = f"GET {url}: {last_problem}"
+        else:
+            running_since = now if running_since is None else running_since
+            if now - running_since >= readiness.settle:
+                return now - start
+        if now > deadline:
+            raise NotReady(f"not ready after {readiness.startup_timeout:g}s ({last_problem})"
+                           + last_logs(runtime, container_id))
+        sleep(min(readiness.interval, MAX_POLL))

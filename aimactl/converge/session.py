@@ -1,0 +1,126 @@
+"""One command's work against a stack: load -> observe -> plan, and apply under the stack lock with history.
+
+The CLI calls these; they hold the sequence, the CLI only parses flags and renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aimactl.converge import secrets
+from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, Reporter, StepResult
+from aimactl.converge.observe import Connections, observe
+from aimactl.core.desired import build_desired, host_infos, images_of
+from aimactl.core.observed import Observed
+from aimactl.core.plan import DELETE, Plan, PlanOptions, plan
+from aimactl.core.planfile import to_dict
+from aimactl.manifest import Manifests
+from aimactl.runtimes import ContainerNotFound, RuntimeFailure
+
+EVENT_OF = {("create", DONE): "created", ("replace", DONE): "replaced", ("update", DONE): "updated",
+            ("delete", DONE): "deleted"}
+
+
+@dataclass
+class Session:
+    """A plan together with the observation and the connections it came from."""
+
+    stack: str
+    plan: Plan
+    observed: Observed
+    connections: Connections
+    sources: list[dict[str, str]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close the host connections."""
+        self.connections.close()
+
+
+def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str, str],
+               parallelism: int = 4) -> Session:
+    """Observe the hosts the manifests name and plan against them."""
+    resources = manifests.resources
+    connections = Connections(host_infos(resources), environ)
+    observed = observe(connections, options.stack, images_of(resources), parallelism)
+    digests = secrets.digests(options.stack, secrets.secret_sources_in(resources), environ)
+    image_ids = {name: host.image_ids for name, host in observed.hosts.items()}
+    desired = build_desired(options.stack, resources, observed, digests, image_ids)
+    return Session(options.stack, plan(desired, observed, options), observed, connections, manifests.sources)
+
+
+def stale_targets(session: Session) -> list[str]:
+    """Re-check a saved plan: every target must still look as it did when planned. Returns what changed."""
+    problems = []
+    for change in session.plan.actionable:
+        try:
+            runtime = session.connections.runtime(change.host)
+            name = change.desired.container.name if change.desired else change.container_id or ""
+            current = runtime.inspect(name)  # type: ignore[attr-defined]
+            now = f"{current.id}:{current.spec_hash}"
+        except ContainerNotFound:
+            now = "absent"
+        except RuntimeFailure as exc:
+            problems.append(f"{change.address}: cannot re-check ({exc})")
+            continue
+        if now != change.fingerprint:
+            was = "absent" if change.fingerprint == "absent" else f"container {change.fingerprint[:12]}"
+            is_ = "absent" if now == "absent" else f"container {now[:12]}"
+            problems.append(f"{change.address}: planned against {was}, now {is_}")
+    return problems
+
+
+@dataclass
+class Outcome:
+    """What an apply did, for rendering and exit codes."""
+
+    results: list[StepResult]
+    revision: int | None
+    status: str
+
+    @property
+    def failed(self) -> bool:
+        """True when any step failed or was skipped."""
+        return any(r.status in (FAILED, SKIPPED) for r in self.results)
+
+
+def _status(results: Sequence[StepResult]) -> str:
+    bad = sum(r.status in (FAILED, SKIPPED) for r in results)
+    good = sum(r.status in (DONE, UNCHANGED) for r in results)
+    return "succeeded" if not bad else "failed" if not good else "partial"
+
+
+def record(store: Any, stack: str, revision: int, results: Sequence[StepResult]) -> None:
+    """One event per step: created, replaced, updated, deleted, failed or skipped."""
+    for r in results:
+        kind = EVENT_OF.get((r.action, r.status), r.status if r.status in (FAILED, SKIPPED) else None)
+        if kind:
+            store.add_event(stack, r.address, kind, r.message, revision)
+
+
+def apply_session(session: Session, store: Any, reporter: Reporter, *, kind: str = "apply", parallelism: int = 4,
+                  lock_timeout: float = 0.0, environ: Mapping[str, str] | None = None,
+                  source: str | None = None) -> Outcome:
+    """Apply the session's plan holding the stack lock; the revision records manifests, plan and results."""
+    from aimactl.store.locks import acquire
+
+    with acquire(store, session.stack, kind, wait=lock_timeout):
+        store.mark_interrupted(session.stack)
+        revision = store.begin_revision(session.stack, kind, session.sources, to_dict(session.plan), source=source)
+        executor = Executor(session.connections, session.stack, reporter, parallelism, environ)
+        try:
+            results = executor.run(session.plan)
+        except BaseException:
+            store.finish_revision(revision, "interrupted", None, "interrupted")
+            raise
+        status = _status(results)
+        record(store, session.stack, revision, results)
+        summary = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in (DONE, UNCHANGED, FAILED, SKIPPED))
+        store.finish_revision(revision, status, [asdict(r) for r in results], summary)
+    return Outcome(results, revision, status)
+
+
+def deletes_only(plan: Plan) -> bool:
+    """True when every actionable change is a delete (destroy plans)."""
+    return all(c.action == DELETE for c in plan.actionable)
