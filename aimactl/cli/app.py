@@ -146,6 +146,89 @@ def destroy(
                     _seconds(lock_timeout))
 
 
+class GetOutput(str, Enum):
+    """Output formats of `get`."""
+
+    text = "text"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+
+
+@app.command()
+def get(
+    what: str = typer.Argument(..., help="services or apps"),
+    files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+    allow_env: bool = ALLOW_ENV,
+    output: GetOutput = typer.Option(GetOutput.text, "-o", "--output", help="text, wide, json or yaml."),
+) -> None:
+    """List Services or Apps with replicas, status and endpoint (sync too, given manifests)."""
+    from aimactl.cli.inspect import get_command
+
+    get_command(_common(files, stack, var, var_file, allow_env, 4, [], [], [], True), what, output.value)
+
+
+@app.command()
+def describe(
+    ref: str = typer.Argument(..., help="service/NAME or app/NAME"),
+    files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+    allow_env: bool = ALLOW_ENV,
+) -> None:
+    """Show one resource: spec, containers, health and recent events."""
+    from aimactl.cli.inspect import describe_command
+
+    describe_command(_common(files, stack, var, var_file, allow_env, 4, [], [], [], True), ref)
+
+
+@app.command()
+def logs(
+    name: str = typer.Argument(..., help="Service or App name"),
+    stack: str = STACK,
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+    tail: int = typer.Option(None, "--tail", help="Only the last N lines."),
+) -> None:
+    """Print the logs of a Service or App (every replica)."""
+    from aimactl.cli.inspect import logs_command
+
+    logs_command(_common([], stack, [], [], False, 4, [], [], [], True), name, follow, tail)
+
+
+@app.command()
+def history(
+    stack: str = STACK,
+    output: Output = typer.Option(Output.text, "-o", "--output", help="text or json."),
+    limit: int = typer.Option(20, "--limit", help="How many revisions."),
+) -> None:
+    """List the revisions (applies, destroys, rollbacks) of a stack."""
+    from aimactl.cli.inspect import history_command
+
+    history_command(stack, output.value, limit)
+
+
+@app.command()
+def rollback(
+    revision: int = typer.Argument(..., help="Revision id from `aimactl history`."),
+    stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES, allow_env: bool = ALLOW_ENV,
+    parallelism: int = PARALLELISM, auto_approve: bool = AUTO_APPROVE, lock_timeout: str = LOCK_TIMEOUT,
+) -> None:
+    """Plan and apply the manifests of an earlier revision."""
+    from aimactl.cli.inspect import rollback_command
+
+    rollback_command(_common([], stack, var, var_file, allow_env, parallelism, [], [], [], True), revision,
+                     auto_approve, _seconds(lock_timeout))
+
+
+@app.command()
+def unlock(
+    lock_id: str = typer.Argument(..., help="Lock id, as printed by the apply that waits for it."),
+    force: bool = typer.Option(False, "--force", help="Really break it."),
+) -> None:
+    """Break a stack lock whose holder is gone."""
+    from aimactl.cli.inspect import unlock_command
+
+    unlock_command(lock_id, force)
+
+
 @app.command()
 def version() -> None:
     """Print the aimactl version."""

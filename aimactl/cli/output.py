@@ -14,7 +14,10 @@ def console(stderr: bool = False) -> Any:
     """A rich console; rich itself drops colour when not on a TTY or when NO_COLOR is set."""
     from rich.console import Console
 
-    return Console(stderr=stderr, no_color="NO_COLOR" in os.environ, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Not a terminal (CI logs, pipes): no colour, and wide enough that tables are not cut at 80 columns.
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, no_color="NO_COLOR" in os.environ, highlight=False, soft_wrap=True, width=width)
 
 
 def print_json(data: Any) -> None:

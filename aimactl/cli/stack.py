@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,24 +124,33 @@ def approve(auto_approve: bool, what: str) -> None:
         raise typer.Exit(1)
 
 
-def execute(session: Any, kind: str, parallelism: int, lock_timeout: float, source: str | None = None) -> None:
-    """Apply a session's plan under the lock, print the results table, exit 1 on any failure."""
-    from aimactl.cli.render import results_table
-    from aimactl.converge.session import apply_session
-    from aimactl.store import StoreError, open_store
+def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int, build: Callable[[], Any],
+                    auto_approve: bool, what: str, source: str | None = None) -> None:
+    """Hold the stack lock, then plan (`build`), show the plan, ask, apply, and print the results.
 
-    store = open_store(environ=os.environ)
+    The lock comes first, as Terraform's state lock does: the plan that is shown is the plan that runs.
+    """
+    from aimactl.cli.render import plan_text, results_table
+    from aimactl.converge.session import apply_session, stack_lock
+    from aimactl.store import StoreError
+
     try:
-        outcome = apply_session(session, store, LineReporter(), kind=kind, parallelism=parallelism,
-                                lock_timeout=lock_timeout, environ=os.environ, source=source)
+        with stack_lock(stack, kind, lock_timeout, os.environ) as store:
+            session = build()
+            try:
+                console().print(plan_text(session.plan))
+                if session.plan.errors or not session.plan.actionable:
+                    raise typer.Exit(1 if session.plan.errors else 0)
+                approve(auto_approve, what)
+                outcome = apply_session(session, store, LineReporter(), kind=kind, parallelism=parallelism,
+                                        environ=os.environ, source=source)
+            finally:
+                session.close()
     except StoreError as exc:
         error(str(exc))
         raise typer.Exit(1) from None
-    finally:
-        store.close()
-        session.close()
     console().print(results_table(outcome.results))
-    verb = "Destroy" if kind == "destroy" else "Apply"
+    verb = {"destroy": "Destroy", "rollback": "Rollback"}.get(kind, "Apply")
     console().print(f"{verb} {'[red]failed[/red]' if outcome.failed else '[green]complete[/green]'} "
                     f"(revision {outcome.revision}).")
     raise typer.Exit(1 if outcome.failed else 0)
@@ -169,43 +179,21 @@ def _saved_session(path: Path, common: Common) -> Any:
 
 
 def apply_command(common: Common, plan_file: Path | None, auto_approve: bool, lock_timeout: float) -> None:
-    """Plan (or load a saved plan), ask, then converge."""
-    from aimactl.cli.render import plan_text
-
+    """Plan (or load and re-check a saved plan), ask, then converge."""
+    stack = check_stack(common.stack)
     if plan_file is not None:
-        session = _saved_session(plan_file, common)
-        auto_approve = True  # a saved plan was reviewed when it was made, as with terraform apply PLANFILE
-    else:
-        session = make_session(common, load_or_exit(common))
-    console().print(plan_text(session.plan))
-    if session.plan.errors:
-        session.close()
-        raise typer.Exit(1)
-    if not session.plan.actionable:
-        session.close()
-        raise typer.Exit(0)
-    try:
-        approve(auto_approve, "perform these actions")
-    except typer.Exit:
-        session.close()
-        raise
-    execute(session, "apply", common.parallelism, lock_timeout)
+        # A saved plan was reviewed when it was made, as with `terraform apply PLANFILE`.
+        converge_locked(stack, "apply", lock_timeout, common.parallelism,
+                        lambda: _saved_session(plan_file, common), True, "perform these actions")
+    manifests = load_or_exit(common)
+    converge_locked(stack, "apply", lock_timeout, common.parallelism, lambda: make_session(common, manifests),
+                    auto_approve, "perform these actions")
 
 
 def destroy_command(common: Common, auto_approve: bool, lock_timeout: float) -> None:
     """Delete every container of the stack (dependents first when manifests are given)."""
-    from aimactl.cli.render import plan_text
     from aimactl.manifest import Manifests
 
     manifests = load_or_exit(common) if common.files else Manifests()
-    session = make_session(common, manifests, destroy=True)
-    console().print(plan_text(session.plan))
-    if session.plan.errors or not session.plan.actionable:
-        session.close()
-        raise typer.Exit(1 if session.plan.errors else 0)
-    try:
-        approve(auto_approve, "destroy these resources")
-    except typer.Exit:
-        session.close()
-        raise
-    execute(session, "destroy", common.parallelism, lock_timeout)
+    converge_locked(check_stack(common.stack), "destroy", lock_timeout, common.parallelism,
+                    lambda: make_session(common, manifests, destroy=True), auto_approve, "destroy these resources")

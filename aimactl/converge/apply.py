@@ -113,7 +113,7 @@ class Executor:
     def _current(self, runtime: Runtime, name_or_id: str) -> ObservedContainer | None:
         """Re-check the target right before acting."""
         try:
-            return runtime.inspect(name_or_id)  # type: ignore[attr-defined, no-any-return]
+            return runtime.inspect(name_or_id)
         except ContainerNotFound:
             return None
 

@@ -5,7 +5,8 @@ The CLI calls these; they hold the sequence, the CLI only parses flags and rende
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,7 +58,7 @@ def stale_targets(session: Session) -> list[str]:
         try:
             runtime = session.connections.runtime(change.host)
             name = change.desired.container.name if change.desired else change.container_id or ""
-            current = runtime.inspect(name)  # type: ignore[attr-defined]
+            current = runtime.inspect(name)
             now = f"{current.id}:{current.spec_hash}"
         except ContainerNotFound:
             now = "absent"
@@ -100,25 +101,39 @@ def record(store: Any, stack: str, revision: int, results: Sequence[StepResult])
 
 
 def apply_session(session: Session, store: Any, reporter: Reporter, *, kind: str = "apply", parallelism: int = 4,
-                  lock_timeout: float = 0.0, environ: Mapping[str, str] | None = None,
-                  source: str | None = None) -> Outcome:
-    """Apply the session's plan holding the stack lock; the revision records manifests, plan and results."""
+                  environ: Mapping[str, str] | None = None, source: str | None = None) -> Outcome:
+    """Apply the session's plan; the revision records manifests, plan and results.
+
+    The caller holds the stack lock (see `stack_lock`) from before it observed and planned until this returns,
+    so that no other apply can move the hosts between the plan and its execution.
+    """
+    store.mark_interrupted(session.stack)
+    revision = store.begin_revision(session.stack, kind, session.sources, to_dict(session.plan), source=source)
+    executor = Executor(session.connections, session.stack, reporter, parallelism, environ)
+    try:
+        results = executor.run(session.plan)
+    except BaseException:
+        store.finish_revision(revision, "interrupted", None, "interrupted")
+        raise
+    status = _status(results)
+    record(store, session.stack, revision, results)
+    summary = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in (DONE, UNCHANGED, FAILED, SKIPPED))
+    store.finish_revision(revision, status, [asdict(r) for r in results], summary)
+    return Outcome(results, revision, status)
+
+
+@contextmanager
+def stack_lock(stack: str, operation: str, wait: float, environ: Mapping[str, str]) -> Iterator[Any]:
+    """Open the state store and hold the stack lock for the whole command; yields the store."""
+    from aimactl.store import open_store
     from aimactl.store.locks import acquire
 
-    with acquire(store, session.stack, kind, wait=lock_timeout):
-        store.mark_interrupted(session.stack)
-        revision = store.begin_revision(session.stack, kind, session.sources, to_dict(session.plan), source=source)
-        executor = Executor(session.connections, session.stack, reporter, parallelism, environ)
-        try:
-            results = executor.run(session.plan)
-        except BaseException:
-            store.finish_revision(revision, "interrupted", None, "interrupted")
-            raise
-        status = _status(results)
-        record(store, session.stack, revision, results)
-        summary = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in (DONE, UNCHANGED, FAILED, SKIPPED))
-        store.finish_revision(revision, status, [asdict(r) for r in results], summary)
-    return Outcome(results, revision, status)
+    store = open_store(environ=environ)
+    try:
+        with acquire(store, stack, operation, wait=wait):
+            yield store
+    finally:
+        store.close()
 
 
 def deletes_only(plan: Plan) -> bool:

@@ -133,7 +133,9 @@ def decide(want: DesiredContainer, seen: ObservedContainer | None, forced: bool)
     elif stored is None:
         change.action, change.reason = REPLACE, "the spec label is missing or unreadable"
     elif seen.spec_hash != want.spec_hash and diffs:
-        in_place = all(d.path in IN_PLACE_FIELDS for d in diffs) and state is None
+        # Docker can change a limit in place but cannot remove one: that needs a new container.
+        in_place = state is None and all(d.path in IN_PLACE_FIELDS and (d.after is not None or d.path == "restart")
+                                         for d in diffs)
         change.action = UPDATE if in_place else REPLACE
         change.reason = _reason_for_diff(diffs)
     elif state:

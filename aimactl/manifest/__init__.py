@@ -61,3 +61,29 @@ def load_manifests(paths: Iterable[str], var_args: Iterable[str] = (), var_files
     errors.extend(e for e in validate(result.resources)
                   if not (e.code == "dangling-reference" and any(repr(n) in e.message for n in result.broken)))
     return Manifests(result.resources, errors, result.sources)
+
+
+def load_manifest_texts(sources: Iterable[Mapping[str, str]], var_args: Iterable[str] = (),
+                        var_files: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> Manifests:
+    """Load manifests from stored {file, text} pairs (a revision's sources), validated as from files."""
+    from pathlib import Path
+
+    from aimactl.manifest.context import build_context
+    from aimactl.manifest.load import load_text
+    from aimactl.manifest.validate import validate
+
+    context, errors = build_context(var_args, var_files, environ)
+    resources: list[Resource] = []
+    kept = []
+    for source in sources:
+        part = load_text(source["text"], source["file"], context)
+        for resource in part.resources:
+            resource.base_dir = str(Path(source["file"]).parent)
+            resource.template_context = context
+        resources += part.resources
+        errors += part.errors
+        kept.append({"file": source["file"], "text": source["text"]})
+    if not errors:
+        errors += validate(resources)
+    return Manifests(resources, errors, kept)
+

@@ -1,0 +1,201 @@
+"""get, describe, logs, history, rollback, unlock: looking at a stack and its history."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from aimactl.cli.output import console, error, print_json
+from aimactl.cli.stack import Common, check_stack, load_or_exit, make_session
+
+KINDS = {"service": "service", "services": "service", "svc": "service", "app": "app", "apps": "app"}
+
+
+def _kind(word: str) -> str:
+    if word.lower() not in KINDS:
+        error(f"unknown resource type {word!r}: use services or apps")
+        raise typer.Exit(1)
+    return KINDS[word.lower()]
+
+
+def _statuses(common: Common, kind: str | None) -> list[Any]:
+    """Observe (and plan, when manifests are given, to know sync) and return per-resource statuses."""
+    from aimactl.converge.status import statuses
+    from aimactl.manifest import Manifests
+
+    manifests = load_or_exit(common) if common.files else Manifests()
+    session = make_session(common, manifests)
+    try:
+        for host in session.observed.hosts.values():
+            if not host.reachable:
+                error(f"host {host.name} is unreachable: {host.error}")
+        return statuses(session.observed, session.plan if common.files else None, kind)
+    finally:
+        session.close()
+
+
+def get_command(common: Common, what: str, output: str) -> None:
+    """A table of Services or Apps (wide adds image, containers and sync); json/yaml for machines."""
+    rows = _statuses(common, _kind(what))
+    if output in ("json", "yaml"):
+        data = [r.to_dict() for r in rows]
+        if output == "json":
+            print_json(data)
+        else:
+            from ruamel.yaml import YAML
+
+            YAML(typ="safe", pure=True).dump(data, sys.stdout)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    columns = ["NAME", "HOST", "READY", "STATUS", "RESTARTS", "ENDPOINT"]
+    columns += ["SYNC", "IMAGE", "CONTAINERS"] if output == "wide" else []
+    for column in columns:
+        table.add_column(column)
+    for r in rows:
+        desired = r.desired if r.desired is not None else len(r.containers)
+        cells = [r.name, r.host, f"{r.ready}/{desired}", r.state, str(r.restarts), r.endpoint]
+        if output == "wide":
+            image = r.containers[0].image if r.containers else ""
+            cells += [r.sync, image, ",".join(c.id[:12] for c in r.containers)]
+        table.add_row(*(escape(c) for c in cells))
+    if rows:
+        console().print(table)
+    else:
+        console().print(f"No {what} in stack {common.stack}.")
+
+
+def describe_command(common: Common, ref: str) -> None:
+    """Spec, containers, health and recent events of one resource."""
+    from aimactl.store import open_store
+
+    kind_word, _, name = ref.partition("/")
+    kind = _kind(kind_word)
+    rows = [r for r in _statuses(common, kind) if r.name == name]
+    if not rows:
+        error(f"{kind} {name!r} not found in stack {common.stack}")
+        raise typer.Exit(1)
+    out = console()
+    for row in rows:
+        out.print(f"[bold]Name:[/bold]      {escape(row.name)}\n[bold]Kind:[/bold]      {row.kind}\n"
+                  f"[bold]Host:[/bold]      {escape(row.host)}\n[bold]Status:[/bold]    {row.state} "
+                  f"({row.ready}/{row.desired if row.desired is not None else len(row.containers)} ready)\n"
+                  f"[bold]Sync:[/bold]      {row.sync}\n[bold]Endpoint:[/bold]  {escape(row.endpoint)}")
+        spec = row.containers[0].spec if row.containers else None
+        if spec:
+            from ruamel.yaml import YAML
+
+            out.print("[bold]Spec:[/bold]")
+            YAML(typ="safe", pure=True).dump(spec, sys.stdout)
+        out.print("[bold]Containers:[/bold]")
+        for c in row.containers:
+            health = f", health {c.health}" if c.health else ""
+            code = f" ({c.exit_code})" if c.exit_code not in (None, 0) or c.state == "exited" else ""
+            out.print(f"  {escape(c.name)}  {c.id[:12]}  {c.state}{code}{health}, restarts {c.restart_count}, "
+                      f"started {c.started_at or '-'}")
+    store = open_store(environ=os.environ)
+    try:
+        events = [e for e in store.events(common.stack, limit=200) if f".{name}[" in e["resource"]][:15]
+    finally:
+        store.close()
+    out.print("[bold]Events:[/bold]" + ("" if events else " none"))
+    for e in events:
+        out.print(f"  {e['created_at']}  {e['kind']:<9} {escape(e['resource'])}: {escape(e['message'] or '')}")
+
+
+def logs_command(common: Common, name: str, follow: bool, tail: int | None) -> None:
+    """Print (or follow) the logs of every replica of a Service or App."""
+    rows = [r for r in _statuses(common, None) if r.name == name and r.containers]
+    if not rows:
+        error(f"no containers for {name!r} in stack {common.stack}")
+        raise typer.Exit(1)
+    from aimactl.converge.observe import Connections
+    from aimactl.core.desired import HostInfo
+
+    connections = Connections({r.host: HostInfo(r.host) for r in rows}, os.environ)
+    containers = [(r.host, c) for r in rows for c in r.containers]
+    try:
+        for host, c in containers:
+            prefix = f"{c.name} | " if len(containers) > 1 else ""
+            for line in connections.runtime(host).logs(c.id, tail=tail, follow=follow and len(containers) == 1):
+                sys.stdout.write(prefix + line + ("" if line.endswith("\n") else "\n"))
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        connections.close()
+
+
+def history_command(stack: str, output: str, limit: int) -> None:
+    """Past applies, destroys and rollbacks of a stack."""
+    from aimactl.store import open_store
+
+    store = open_store(environ=os.environ)
+    try:
+        revisions = store.revisions(check_stack(stack), limit=limit)
+    finally:
+        store.close()
+    if output == "json":
+        print_json([{k: r[k] for k in ("id", "created_at", "kind", "status", "summary", "source", "user", "hostname")}
+                    for r in revisions])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("REVISION", "TIME", "KIND", "STATUS", "SUMMARY", "BY"):
+        table.add_column(column)
+    for r in revisions:
+        table.add_row(str(r["id"]), r["created_at"], r["kind"], r["status"], escape(r.get("summary") or ""),
+                      escape(f"{r.get('user')}@{r.get('hostname')}"))
+    console().print(table if revisions else f"No history for stack {stack}.")
+
+
+def rollback_command(common: Common, revision: int, auto_approve: bool, lock_timeout: float) -> None:
+    """Plan and apply the manifests an earlier revision applied."""
+    from aimactl.cli.stack import converge_locked
+    from aimactl.converge.session import plan_stack
+    from aimactl.core.plan import PlanOptions
+    from aimactl.manifest import load_manifest_texts
+    from aimactl.store import open_store
+
+    store = open_store(environ=os.environ)
+    try:
+        found = store.revision(revision)
+    finally:
+        store.close()
+    if not found or found["stack"] != common.stack:
+        error(f"revision {revision} not found for stack {common.stack}; see `aimactl history`")
+        raise typer.Exit(1)
+    manifests = load_manifest_texts(found["manifests"] or [], common.var, common.var_file,
+                                    dict(os.environ) if common.allow_env else None)
+    if not manifests.valid:
+        for e in manifests.errors:
+            error(str(e))
+        raise typer.Exit(1)
+    converge_locked(common.stack, "rollback", lock_timeout, common.parallelism,
+                    lambda: plan_stack(manifests, PlanOptions(common.stack, allow_empty=True), os.environ,
+                                       common.parallelism),
+                    auto_approve, f"roll back to revision {revision}", source=f"revision {revision}")
+
+
+def unlock_command(lock_id: str, force: bool) -> None:
+    """Break a stack lock left by a dead or stuck apply."""
+    from aimactl.store import force_unlock, open_store
+
+    if not force:
+        error("breaking a lock can let two applies race; pass --force if its holder is really gone")
+        raise typer.Exit(1)
+    store = open_store(environ=os.environ)
+    try:
+        removed = force_unlock(store, lock_id)
+    finally:
+        store.close()
+    if not removed:
+        error(f"no lock with id {lock_id}")
+        raise typer.Exit(1)
+    console().print(f"Lock {lock_id} removed.")
