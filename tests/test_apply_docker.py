@@ -258,3 +258,21 @@ def test_kill_9_mid_apply_then_the_next_apply_converges(stack: Stack) -> None:
     assert final.returncode == 0, final.stdout
     history = json.loads(stack.run("history", "-o", "json").stdout)
     assert history[-1]["status"] in ("running", "interrupted")
+
+
+def test_ctrl_c_stops_a_readiness_wait_and_leaves_nothing_unaccounted(stack: Stack) -> None:
+    stack.write(app("stuck", free_port(), "  health: {path: /never, startupTimeout: 120s}\n"))
+    proc = stack.spawn("apply", "-f", str(stack.dir), "--auto-approve")
+    deadline = time.monotonic() + 20
+    while not stack.containers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 130
+    assert time.monotonic() - started < 10
+    history = json.loads(stack.run("history", "-o", "json").stdout)
+    assert history[0]["status"] == "interrupted"
+    replan = stack.run("plan", "-f", str(stack.dir), "-o", "json")
+    [change] = json.loads(replan.stdout)["changes"]
+    assert change["container_id"] is not None, "the interrupted run's container is seen by the next plan"

@@ -63,6 +63,7 @@ class Executor:
         self.environ = environ
         self.stop_timeout = stop_timeout
         self.failed: set[str] = set()
+        self.cancelled = threading.Event()
 
     def run(self, plan: Plan) -> list[StepResult]:
         """Apply every actionable change; returns one result per change, in execution order."""
@@ -79,8 +80,18 @@ class Executor:
     def _run_wave(self, changes: list[Change], edges: Mapping[str, set[str]]) -> list[StepResult]:
         if not changes:
             return []
-        with ThreadPoolExecutor(max_workers=len(changes)) as pool:
-            return list(pool.map(lambda c: self._step(c, edges), changes))
+        pool = ThreadPoolExecutor(max_workers=len(changes))
+        futures = [pool.submit(self._step, c, edges) for c in changes]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            # Ctrl-C: readiness waits stop at once; operations already sent to Docker finish, so every
+            # container created so far carries its labels and the next plan accounts for it.
+            self.cancelled.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=False)
 
     def _step(self, change: Change, edges: Mapping[str, set[str]]) -> StepResult:
         blocked = _failed_dependency(change.key, edges, self.failed)
@@ -138,9 +149,15 @@ class Executor:
             except RuntimeFailure:
                 runtime.remove(container_id)
                 raise
-        waited = wait_ready(runtime, container_id, want.readiness, self.connections.hosts[change.host].url_host)
+        waited = wait_ready(runtime, container_id, want.readiness, self.connections.hosts[change.host].url_host,
+                            sleep=self._sleep)
         verb = "created" if change.action == CREATE else "replaced"
         return DONE, f"{verb} [id={container_id[:12]}], ready after {waited:.1f}s"
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep between readiness probes, waking up (and giving up) when the apply is interrupted."""
+        if self.cancelled.wait(seconds):
+            raise StepFailed("interrupted")
 
     def _update(self, runtime: Runtime, change: Change) -> tuple[str, str]:
         want = change.desired
