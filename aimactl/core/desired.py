@@ -110,34 +110,52 @@ def place(res: Resource, hosts: Mapping[str, HostInfo]) -> str | None:
 
 
 class PortBook:
-    """Host ports in use per host, to allocate free ones and keep allocations stable across plans."""
+    """Host ports per host: who holds them, to allocate free ones and keep allocations stable across plans.
+
+    A replica keeps the port it had unless a manifest now declares that port or another replica of this plan
+    already took it; otherwise it gets the lowest port of the range held by nobody: not by other containers,
+    not by listeners, not by this stack's other replicas, not declared.
+    """
 
     def __init__(self, observed: Observed, hosts: Mapping[str, HostInfo], stack: str):
-        self.used: dict[str, set[int]] = {h: set() for h in hosts}
-        self.previous: dict[tuple[str, str, int], list[int]] = {}
+        self.foreign: dict[str, set[int]] = {h: set() for h in hosts}
+        self.owned: dict[str, dict[int, tuple[str, int]]] = {h: {} for h in hosts}
+        self.declared: dict[str, set[int]] = {h: set() for h in hosts}
+        self.taken: dict[str, set[int]] = {h: set() for h in hosts}
         for host in hosts:
             seen = observed.hosts.get(host)
             if not seen:
                 continue
-            self.used[host] |= {p.host_port for c in seen.others for p in c.ports}
-            self.used[host] |= {lst.port for lst in seen.listeners}
+            self.foreign[host] |= {p.host_port for c in seen.others for p in c.ports}
+            self.foreign[host] |= {lst.port for lst in seen.listeners}
             for c in seen.containers:
-                ports = sorted(p.host_port for p in c.ports)
-                self.previous[(host, c.resource_name or "", c.replica)] = ports
+                for p in c.ports:
+                    self.owned[host][p.host_port] = (c.resource_name or "", c.replica)
+
+    def keep_only(self, wanted: set[tuple[str, str, int]]) -> None:
+        """Forget ports of this stack's replicas that the plan deletes: deletes run first, so they are free."""
+        for host, owned in self.owned.items():
+            for port, (name, replica) in list(owned.items()):
+                if (host, name, replica) not in wanted:
+                    del owned[port]
 
     def reserve(self, host: str, port: int) -> None:
-        """Mark a declared port as taken."""
-        self.used.setdefault(host, set()).add(port)
+        """A port a manifest declares: nobody else may be allocated it."""
+        self.declared.setdefault(host, set()).add(port)
+        self.taken.setdefault(host, set()).add(port)
 
     def allocate(self, host: str, name: str, replica: int, port_range: tuple[int, int]) -> int | None:
-        """The port this replica had before, else the lowest free port of the range."""
-        for port in self.previous.get((host, name, replica), []):
-            if port_range[0] <= port <= port_range[1]:
-                self.used[host].add(port)
+        """The port this replica had before when still free for it, else the lowest free port of the range."""
+        owned, taken = self.owned.setdefault(host, {}), self.taken.setdefault(host, set())
+        mine = sorted(p for p, owner in owned.items() if owner == (name, replica))
+        for port in mine:
+            if port_range[0] <= port <= port_range[1] and port not in taken:
+                taken.add(port)
                 return port
+        busy = self.foreign.get(host, set()) | set(owned) | taken
         for port in range(port_range[0], port_range[1] + 1):
-            if port not in self.used.setdefault(host, set()):
-                self.used[host].add(port)
+            if port not in busy:
+                taken.add(port)
                 return port
         return None
 
@@ -255,6 +273,7 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
             planned.append(_Planned(res, host, render_workload(res)))
         except Unsupported as exc:
             checks.append(error("unsupported", str(exc), where, host))
+    book.keep_only({(i.host, i.res.name, r) for i in planned for r in range(i.res.spec.replicas)})
     for item in planned:
         for port in item.workload.container_ports:
             if port.host_port:

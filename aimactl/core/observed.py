@@ -40,6 +40,9 @@ class ObservedContainer:
     ports: tuple[PublishedPort, ...] = ()
     health: str | None = None
     """Docker HEALTHCHECK status when the image has one: starting | healthy | unhealthy."""
+    live: dict[str, Any] | None = None
+    """Live values of the fields `docker update` changes (`restart`, `resources.memory`, `resources.cpus`).
+    Docker cannot relabel a container, so after an in-place update these, not the label, are current."""
 
     @property
     def managed(self) -> bool:
@@ -76,8 +79,16 @@ class ObservedContainer:
 
     @property
     def spec(self) -> dict[str, Any] | None:
-        """The normalised spec written at creation (secrets hashed)."""
-        return L.stored_spec(self.labels)
+        """The applied spec: the label written at creation, with the live values of in-place fields."""
+        stored = L.stored_spec(self.labels)
+        if stored is None or not self.live:
+            return stored
+        resources = {**stored.get("resources", {})}
+        for key in ("memory", "cpus"):
+            if f"resources.{key}" in self.live:
+                resources[key] = self.live[f"resources.{key}"]
+        restart = self.live.get("restart", stored.get("restart"))
+        return {**stored, "restart": restart, "resources": resources}
 
     @property
     def running(self) -> bool:

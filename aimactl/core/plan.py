@@ -132,7 +132,7 @@ def decide(want: DesiredContainer, seen: ObservedContainer | None, forced: bool)
         change.action, change.reason = REPLACE, "as requested (--replace)"
     elif stored is None:
         change.action, change.reason = REPLACE, "the spec label is missing or unreadable"
-    elif seen.spec_hash != want.spec_hash and diffs:
+    elif diffs:
         # Docker can change a limit in place but cannot remove one: that needs a new container.
         in_place = state is None and all(d.path in IN_PLACE_FIELDS and (d.after is not None or d.path == "restart")
                                          for d in diffs)

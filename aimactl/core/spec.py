@@ -75,14 +75,15 @@ def spec_hash(normalised: Mapping[str, Any]) -> str:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"resources": {"memory": 1}}` -> `{"resources.memory": 1}`; lists and env stay whole per key."""
-    if isinstance(value, Mapping) and value and prefix not in ("env", "labels"):
+    """`{"resources": {"memory": 1}, "env": {"A": "1"}}` -> `{"resources.memory": 1, "env.A": "1"}`.
+
+    Mappings are walked down to their leaves (an empty mapping has none); lists stay whole.
+    """
+    if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
-    if isinstance(value, Mapping) and prefix in ("env", "labels"):
-        return {f"{prefix}.{k}": v for k, v in value.items()} or {prefix: {}}
     return {prefix: value}
 
 

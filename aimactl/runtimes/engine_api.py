@@ -308,7 +308,17 @@ def parse_container(inspect: Mapping[str, Any]) -> ObservedContainer:
         labels=dict(config.get("Labels") or {}),
         ports=_inspect_ports(inspect),
         health=(state.get("Health") or {}).get("Status"),
+        live=_live_in_place_fields(inspect.get("HostConfig") or {}),
     )
+
+
+def _live_in_place_fields(host_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Restart policy, memory and CPU limits as they are now, in the normalised spec's terms."""
+    policy = (host_config.get("RestartPolicy") or {}).get("Name") or "no"
+    memory = host_config.get("Memory") or None
+    nano_cpus = host_config.get("NanoCpus") or None
+    return {"restart": policy, "resources.memory": memory,
+            "resources.cpus": nano_cpus / 1e9 if nano_cpus else None}
 
 
 _EXITED = re.compile(r"^Exited \((-?\d+)\)")
