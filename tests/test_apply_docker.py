@@ -276,3 +276,17 @@ def test_ctrl_c_stops_a_readiness_wait_and_leaves_nothing_unaccounted(stack: Sta
     replan = stack.run("plan", "-f", str(stack.dir), "-o", "json")
     [change] = json.loads(replan.stdout)["changes"]
     assert change["container_id"] is not None, "the interrupted run's container is seen by the next plan"
+
+
+def test_restart_policy_change_is_an_in_place_update_then_plan_is_empty(stack: Stack) -> None:
+    stack.write(app("web", free_port(), "  restart: unless-stopped\n"))
+    assert stack.run("apply", "-f", str(stack.dir), "--auto-approve").returncode == 0
+    [before] = [c.id for c in stack.containers()]  # type: ignore[attr-defined]
+    stack.write((stack.dir / "stack.yaml").read_text().replace("unless-stopped", "always"))
+    update = stack.run("apply", "-f", str(stack.dir), "--auto-approve")
+    assert update.returncode == 0, update.stdout
+    assert "app.web[0]@local will be updated in-place: restart changed" in update.stdout
+    [container] = stack.containers()
+    assert container.id == before  # type: ignore[attr-defined]
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"  # type: ignore[attr-defined]
+    assert stack.run("plan", "-f", str(stack.dir), "--detailed-exitcode").returncode == 0

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import urllib.error
-import urllib.request
 
 import pytest
 
-from tests.fixtures import free_port, wait_until
+from tests.fixtures import free_port, http_get, wait_until
 from tests.fixtures.dockerd import DockerEngine
 
 pytestmark = pytest.mark.docker
@@ -24,15 +22,6 @@ def test_busybox_container_echoes_into_its_logs(docker_engine: DockerEngine) -> 
             container.remove(force=True)
 
 
-def _fetch(url: str) -> bytes | None:
-    """Return the body at `url`, or None while the server is not answering yet."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bytes(response.read())
-    except (urllib.error.URLError, ConnectionError):
-        return None
-
-
 def test_published_port_serves_http_to_the_host(docker_engine: DockerEngine) -> None:
     host_port = free_port("127.0.0.1")
     script = "mkdir -p /www && echo served-by-busybox > /www/probe.txt && exec httpd -f -p 8080 -h /www"
@@ -45,7 +34,7 @@ def test_published_port_serves_http_to_the_host(docker_engine: DockerEngine) -> 
         )
         try:
             url = f"http://127.0.0.1:{host_port}/probe.txt"
-            assert wait_until(lambda: _fetch(url) is not None, timeout_s=15), container.logs().decode()
-            assert _fetch(url) == b"served-by-busybox\n"
+            assert wait_until(lambda: http_get(url) is not None, timeout_s=15), container.logs().decode()
+            assert http_get(url) == b"served-by-busybox\n"
         finally:
             container.remove(force=True)

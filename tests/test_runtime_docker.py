@@ -7,8 +7,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from aimactl.core.labels import container_name, identity_labels
 from aimactl.core.observed import PublishedPort
 from aimactl.runtimes import ContainerNotFound, EngineError, EngineUnavailable, ImageNotFound, Runtime, RuntimeFailure
 from aimactl.runtimes.docker import DockerRuntime
-from tests.fixtures import free_port, wait_until
+from tests.fixtures import free_port, http_get, wait_until
 from tests.fixtures.dockerd import DockerEngine
 
 MIB = 2**20
@@ -61,15 +59,6 @@ def _spec(stack: str, image: str, name: str = "web", **fields: Any) -> Container
     return ContainerSpec(name=container_name(stack, name, 0), image=image, labels=labels, **fields)
 
 
-def _fetch(url: str) -> bytes | None:
-    """The body at `url`, or None while nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bytes(response.read())
-    except (urllib.error.URLError, ConnectionError):
-        return None
-
-
 pytestmark = pytest.mark.docker
 
 
@@ -96,8 +85,8 @@ def test_create_start_observe_kill_and_remove(
 
     runtime.start(container_id)
     url = f"http://127.0.0.1:{port}/index.html"
-    assert wait_until(lambda: _fetch(url) is not None, timeout_s=15), list(runtime.logs(container_id))
-    assert _fetch(url) == b"served-from-bind-mount\n"
+    assert wait_until(lambda: http_get(url) is not None, timeout_s=15), list(runtime.logs(container_id))
+    assert http_get(url) == b"served-from-bind-mount\n"
     [observed], others = runtime.observe(stack)
     assert (observed.name, observed.state, observed.running) == (spec.name, "running", True)
     assert observed.managed and observed.stack == stack and observed.resource_name == "web"

@@ -83,12 +83,13 @@ class ObservedContainer:
         stored = L.stored_spec(self.labels)
         if stored is None or not self.live:
             return stored
-        resources = {**stored.get("resources", {})}
-        for key in ("memory", "cpus"):
-            if f"resources.{key}" in self.live:
-                resources[key] = self.live[f"resources.{key}"]
-        restart = self.live.get("restart", stored.get("restart"))
-        return {**stored, "restart": restart, "resources": resources}
+        current = dict(stored)
+        if "restart" in stored and "restart" in self.live:
+            current["restart"] = self.live["restart"]
+        if isinstance(stored.get("resources"), dict):
+            current["resources"] = {key: self.live.get(f"resources.{key}", value) if key in ("memory", "cpus")
+                                    else value for key, value in stored["resources"].items()}
+        return current
 
     @property
     def running(self) -> bool:
