@@ -72,6 +72,8 @@ class Desired:
     """Every desired container, the dependency edges between resources, and problems found building them."""
 
     containers: list[DesiredContainer] = field(default_factory=list)
+    declared: dict[str, str] = field(default_factory=dict)
+    """Every Service and App key the manifests declare (even with `replicas: 0`) -> the host it is placed on."""
     edges: dict[str, set[str]] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     hosts: dict[str, HostInfo] = field(default_factory=dict)
@@ -285,7 +287,8 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
                 host_port = port.host_port or book.allocate(item.host, item.res.name, replica,
                                                             hosts[item.host].port_range)
                 if host_port is None:
-                    checks.append(error("no-free-port", f"no free port left in {hosts[item.host].port_range}",
+                    low, high = hosts[item.host].port_range
+                    checks.append(error("no-free-port", f"no free port left in {low}-{high}",
                                         address(item.res.kind, item.res.name, replica, item.host), item.host))
                     host_port = 0
                 ports.append(PublishedPort(port.host_ip, host_port, port.container_port, port.protocol))
@@ -351,6 +354,7 @@ def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
     hosts = host_infos(resources)
     desired = Desired(hosts=hosts, edges=dependency_edges(list(resources)))
     planned = _plan_workloads(resources, hosts, PortBook(observed, hosts, stack), desired.checks)
+    desired.declared = {item.res.key: item.host for item in planned}
     for item in planned:
         context = _with_vars(_context(planned, hosts, resources, item.host), item.res)
         kind, name = item.res.kind.lower(), item.res.name

@@ -126,7 +126,9 @@ def decide(want: DesiredContainer, seen: ObservedContainer | None, forced: bool)
         return change
     change.container_id, change.observed_hash = seen.id, seen.spec_hash
     stored = seen.spec
-    diffs = [FieldDiff(p, b, a, forces_replacement(p)) for p, b, a in diff_fields(stored, want.spec)]
+    # Removing a limit is not something `docker update` can do: it forces a new container too.
+    diffs = [FieldDiff(p, b, a, forces_replacement(p) or (a is None and p != "restart"))
+             for p, b, a in diff_fields(stored, want.spec)]
     state = _state_reason(seen)
     if forced:
         change.action, change.reason = REPLACE, "as requested (--replace)"
@@ -150,20 +152,31 @@ def _delete(host: str, seen: ObservedContainer, reason: str) -> Change:
                   reason, container_id=seen.id, observed_hash=seen.spec_hash)
 
 
-def _orphans(hosts: dict[str, ObservedHost], wanted: set[tuple[str, str, int]],
+def _delete_reason(key: str, replica: int, host: str, declared: dict[str, str],
+                   replicas: dict[tuple[str, str], int], destroy: bool) -> str:
+    """Why a container of this stack goes: destroy, scaled down, moved away, or gone from the manifests."""
+    if destroy:
+        return "destroy requested"
+    if key not in declared:
+        return "not in manifests"
+    if declared[key] != host:
+        return f"moved to host {declared[key]}"
+    count = replicas.get((host, key), 0)
+    return f"replica {replica} is beyond replicas: {count}" if count else "scaled to replicas: 0"
+
+
+def _orphans(hosts: dict[str, ObservedHost], wanted: set[tuple[str, str, int]], declared: dict[str, str],
              replicas: dict[tuple[str, str], int], destroy: bool) -> list[Change]:
     """This stack's containers that no manifest wants any more."""
     changes = []
     for host_name, host in sorted(hosts.items()):
         if not host.reachable:
             continue
-        for seen in sorted(host.containers, key=lambda c: c.name):
-            ident = (host_name, f"{seen.resource_kind}/{seen.resource_name}", seen.replica)
-            if ident in wanted:
+        for seen in sorted(host.containers, key=lambda c: (c.name, c.replica)):
+            key = f"{seen.resource_kind}/{seen.resource_name}"
+            if (host_name, key, seen.replica) in wanted:
                 continue
-            count = replicas.get((host_name, ident[1]))
-            reason = ("destroy requested" if destroy else f"replica {seen.replica} is beyond replicas: {count}"
-                      if count is not None else "not in manifests")
+            reason = _delete_reason(key, seen.replica, host_name, declared, replicas, destroy)
             changes.append(_delete(host_name, seen, reason))
     return changes
 
@@ -233,7 +246,7 @@ def _select(changes: list[Change], options: PlanOptions, edges: dict[str, set[st
 def _order(changes: list[Change]) -> list[Change]:
     """Deletes and replaces first (as Terraform lists them), then by address."""
     rank = {DELETE: 0, REPLACE: 1, UPDATE: 2, CREATE: 3, NOOP: 4}
-    return sorted(changes, key=lambda c: (rank[c.action], c.address))
+    return sorted(changes, key=lambda c: (rank[c.action], c.kind, c.name, c.host, c.replica))
 
 
 def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOptions()) -> Plan:
@@ -257,11 +270,11 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
     replicas: dict[tuple[str, str], int] = {}
     for w in wanted:
         replicas[(w.host, w.key)] = replicas.get((w.host, w.key), 0) + 1
-    deletes = _orphans(observed.hosts, idents, replicas, options.destroy)
-    if deletes and not wanted and not (options.allow_empty or options.destroy):
+    deletes = _orphans(observed.hosts, idents, desired.declared, replicas, options.destroy)
+    if deletes and not desired.declared and not (options.allow_empty or options.destroy):
+        count = f"all {len(deletes)} containers" if len(deletes) > 1 else "the only container"
         result.checks.append(error("empty-manifests", f"the manifests declare no Services or Apps: refusing to delete "
-                                   f"all {len(deletes)} containers of stack {options.stack!r}; pass --allow-empty "
-                                   "or use `aimactl destroy`"))
+                                   f"{count} of stack {options.stack!r}; pass --allow-empty or use `aimactl destroy`"))
         deletes = []
     result.changes = _order(_select(changes + deletes, options, desired.edges))
     result.checks.extend(feasibility(result.changes, observed))
