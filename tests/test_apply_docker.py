@@ -290,3 +290,57 @@ def test_restart_policy_change_is_an_in_place_update_then_plan_is_empty(stack: S
     assert container.id == before  # type: ignore[attr-defined]
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"  # type: ignore[attr-defined]
     assert stack.run("plan", "-f", str(stack.dir), "--detailed-exitcode").returncode == 0
+
+
+def test_apply_without_a_terminal_refuses_unless_auto_approved(stack: Stack) -> None:
+    stack.write(app("web", free_port()))
+    refused = stack.run("apply", "-f", str(stack.dir))
+    assert refused.returncode == 1
+    assert "refusing to perform these actions without approval" in refused.stderr
+    assert "--auto-approve" in refused.stderr
+    assert stack.containers() == []
+
+
+def test_a_failure_skips_only_its_dependents(stack: Stack) -> None:
+    broken = service("broken").replace("startupTimeout: 20s", "startupTimeout: 2s").replace("/passwd", "/missing")
+    dependent = app("needs-broken", free_port(), "  dependsOn: [broken]\n")
+    unrelated = app("unrelated", free_port())
+    stack.write("---\n".join([broken, dependent, unrelated]))
+    result = stack.run("apply", "-f", str(stack.dir), "--auto-approve")
+    assert result.returncode == 1
+    assert "service.broken[0]@local: failed" in result.stdout
+    assert "app.needs-broken[0]@local: skipped after 0.0s: dependency service/broken failed" in result.stdout
+    assert "app.unrelated[0]@local: done" in result.stdout
+    names = sorted(c.name for c in stack.containers())  # type: ignore[attr-defined]
+    assert f"aima-{stack.name}-unrelated-0" in names and f"aima-{stack.name}-needs-broken-0" not in names
+
+
+def test_get_describe_logs_history_and_rollback(stack: Stack) -> None:
+    port = free_port()
+    first = app("web", port, "  env: {VERSION: '1'}\n").replace("trap", "echo hello-from-web; trap")
+    stack.write(first)
+    assert stack.run("apply", "-f", str(stack.dir), "--auto-approve").returncode == 0
+    stack.write(first.replace("VERSION: '1'", "VERSION: '2'"))
+    assert stack.run("apply", "-f", str(stack.dir), "--auto-approve").returncode == 0
+
+    table = stack.run("get", "apps", "-f", str(stack.dir), "-o", "wide")
+    assert table.returncode == 0
+    row = next(line for line in table.stdout.splitlines() if line.startswith("web "))
+    assert "1/1" in row and "running" in row and f"http://127.0.0.1:{port}" in row and "in-sync" in row
+    [entry] = json.loads(stack.run("get", "apps", "-o", "json").stdout)
+    assert entry["name"] == "web" and entry["ready"] == 1 and entry["state"] == "running"
+
+    described = stack.run("describe", "app/web")
+    assert described.returncode == 0
+    assert "VERSION: '2'" in described.stdout and "replaced" in described.stdout and "created" in described.stdout
+    assert "hello-from-web" in stack.run("logs", "web", "--tail", "5").stdout
+
+    revisions = json.loads(stack.run("history", "-o", "json").stdout)
+    assert [r["status"] for r in revisions] == ["succeeded", "succeeded"]
+    back = stack.run("rollback", str(revisions[-1]["id"]), "--auto-approve")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "env (VERSION) changed" in back.stdout
+    [container] = stack.containers()
+    assert "VERSION=1" in container.attrs["Config"]["Env"]  # type: ignore[attr-defined]
+    newest = json.loads(stack.run("history", "-o", "json").stdout)[0]
+    assert newest["kind"] == "rollback" and newest["source"] == f"revision {revisions[-1]['id']}"
