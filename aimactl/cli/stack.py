@@ -96,6 +96,21 @@ class LineReporter:
         import threading
 
         self.lock = threading.Lock()
+        self.last_progress: dict[str, float] = {}
+
+    def progress(self, change: Any, event: dict[str, Any]) -> None:
+        """Download progress: size, speed and ETA, at most one line every 2 seconds per resource."""
+        import time
+
+        now = time.monotonic()
+        if event.get("event") != "progress" or now - self.last_progress.get(change.address, 0) < 2:
+            return
+        self.last_progress[change.address] = now
+        done, total, rate = event.get("bytes", 0), event.get("total"), event.get("rate") or 0
+        size = f"{done / 2**20:.1f} MiB" + (f" of {total / 2**20:.1f} MiB" if total else "")
+        eta = f", ETA {int((total - done) / rate)}s" if total and rate else ""
+        with self.lock:
+            console().print(f"{change.address}: {size}, {rate / 2**20:.1f} MiB/s{eta}", markup=False)
 
     def started(self, change: Any) -> None:
         from aimactl.cli.render import step_line

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aimactl.converge.observe import Connections
 from aimactl.converge.readiness import NotReady, wait_ready
@@ -20,6 +20,7 @@ from aimactl.converge.secrets import SecretUnavailable, resolve_env
 from aimactl.core.graph import waves
 from aimactl.core.observed import ObservedContainer
 from aimactl.core.plan import CREATE, DELETE, NOOP, REPLACE, UPDATE, Change, Plan
+from aimactl.hosts.connector import HelperError
 from aimactl.runtimes import ContainerNotFound, Runtime, RuntimeFailure
 
 DONE, FAILED, SKIPPED, UNCHANGED = "done", "failed", "skipped", "unchanged"
@@ -45,6 +46,9 @@ class Reporter(Protocol):
 
     def finished(self, change: Change, result: StepResult) -> None:
         """A step ended (done, failed, skipped or unchanged)."""
+
+    def progress(self, change: Change, event: dict[str, Any]) -> None:
+        """Progress of a long step (a model download: bytes, total, rate)."""
 
 
 class StepFailed(Exception):
@@ -104,7 +108,7 @@ class Executor:
         start = time.monotonic()
         try:
             status, message = self._act(change)
-        except (StepFailed, NotReady, RuntimeFailure, SecretUnavailable) as exc:
+        except (StepFailed, NotReady, RuntimeFailure, SecretUnavailable, HelperError) as exc:
             status, message = FAILED, str(exc)
             self.failed.add(change.key)
         result = StepResult(change.address, change.key, change.action, status, message, time.monotonic() - start)
@@ -112,7 +116,9 @@ class Executor:
         return result
 
     def _act(self, change: Change) -> tuple[str, str]:
-        runtime = self.connections.runtime(change.host)
+        if change.model is not None:
+            return self._fetch_model(change)
+        runtime = self.connections.runtime(change.host, change.runtime)
         if change.action == DELETE:
             return self._delete(runtime, change)
         if change.action == UPDATE:
@@ -153,6 +159,17 @@ class Executor:
                             sleep=self._sleep)
         verb = "created" if change.action == CREATE else "replaced"
         return DONE, f"{verb} [id={container_id[:12]}], ready after {waited:.1f}s"
+
+    def _fetch_model(self, change: Change) -> tuple[str, str]:
+        """Fetch a Model on its host with the helper (resumable, checksummed), then record it in the index."""
+        from aimactl.converge.models import fetch_model
+
+        want = change.model
+        assert want is not None
+        with self.slots:
+            result = fetch_model(self.connections, want, lambda event: self.reporter.progress(change, event))
+        size = result.get("size", 0)
+        return DONE, f"fetched {size / 2**20:.1f} MiB, sha256 {str(result.get('sha256', ''))[:12]}"
 
     def _sleep(self, seconds: float) -> None:
         """Sleep between readiness probes, waking up (and giving up) when the apply is interrupted."""

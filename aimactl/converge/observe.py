@@ -1,37 +1,71 @@
-"""Observe hosts: this stack's containers, everything else holding ports, listeners and image ids.
+"""Observe hosts: this stack's containers and processes, everything else holding ports, listeners, image ids
+and the model cache.
 
-Each host is observed through its runtime; a host that cannot be reached becomes an unreachable
-observation (and a check in the plan), never an exception.
+Each host is observed through its runtimes; a host that cannot be reached becomes an unreachable observation
+(and a check in the plan), never an exception. A missing Docker engine only matters to Docker workloads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aimactl.core.desired import HostInfo
 from aimactl.core.observed import Observed, ObservedHost
-from aimactl.runtimes import RuntimeFailure
+from aimactl.hosts.connector import Connector
+from aimactl.runtimes import Runtime, RuntimeFailure
 from aimactl.runtimes.docker import DockerRuntime
 from aimactl.runtimes.engine_api import docker_endpoint
+from aimactl.runtimes.process import ProcessRuntime
+
+
+def resolve_hosts(hosts: Mapping[str, HostInfo]) -> dict[str, HostInfo]:
+    """Host facts with `~` in data dirs expanded where it can be (the local host) before planning."""
+    return {name: dataclasses.replace(info, data_dir=os.path.expanduser(info.data_dir))
+            if info.address == "local" else info for name, info in hosts.items()}
 
 
 class Connections:
-    """One runtime per host for the length of a command (reused by plan, apply and re-checks)."""
+    """One connector and one set of runtimes per host for the length of a command."""
 
     def __init__(self, hosts: Mapping[str, HostInfo], environ: Mapping[str, str]):
         self.hosts = dict(hosts)
         self.environ = environ
-        self._runtimes: dict[str, DockerRuntime] = {}
+        self._runtimes: dict[tuple[str, str], Any] = {}
 
-    def runtime(self, host: str) -> DockerRuntime:
-        """The Docker runtime of a host; SSH hosts arrive with the fleet work and are refused clearly."""
-        if host not in self._runtimes:
+    def connector(self, host: str) -> Connector:
+        """How the host is reached; SSH hosts arrive with the fleet work and are refused clearly."""
+        info = self.hosts[host]
+        if info.address != "local":
+            raise RuntimeFailure(f"host {host} ({info.address}): SSH hosts are not supported by this version yet")
+        from aimactl.hosts.local import LocalConnector
+
+        return LocalConnector()
+
+    def helper_path(self, host: str) -> str:
+        """Where the helper script is on the host (the packaged file, for the local host)."""
+        from aimactl.helper import helper_file
+
+        return helper_file()
+
+    def runtime(self, host: str, kind: str = "docker") -> Runtime:
+        """The Docker or process runtime of a host."""
+        key = (host, kind)
+        if key not in self._runtimes:
             info = self.hosts[host]
-            if info.address != "local":
-                raise RuntimeFailure(f"host {host} ({info.address}): SSH hosts are not supported by this version yet")
-            self._runtimes[host] = DockerRuntime(docker_endpoint(self.environ.get("DOCKER_HOST")))
-        return self._runtimes[host]
+            if kind == "process":
+                state_dir = os.path.join(info.data_dir, "proc")
+                self._runtimes[key] = ProcessRuntime(self.connector(host), info.python, self.helper_path(host),
+                                                     state_dir)
+            else:
+                self.connector(host)
+                self._runtimes[key] = DockerRuntime(docker_endpoint(self.environ.get("DOCKER_HOST")))
+        runtime: Runtime = self._runtimes[key]
+        return runtime
 
     def close(self) -> None:
         """Close every connection."""
@@ -40,17 +74,37 @@ class Connections:
         self._runtimes.clear()
 
 
+def model_index_path(info: HostInfo) -> str:
+    """The cache index of a host: `<dataDir>/models/index.json`."""
+    return os.path.join(info.data_dir, "models", "index.json")
+
+
+def read_model_index(connections: Connections, host: str) -> dict[str, Any]:
+    """The host's model cache index (empty when there is none yet)."""
+    try:
+        data = json.loads(connections.connector(host).get(model_index_path(connections.hosts[host])))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def observe_host(connections: Connections, stack: str, host: str, images: Iterable[str]) -> ObservedHost:
-    """One host's observation; failures make it unreachable with the reason."""
+    """One host's observation; an unreachable host says why, a missing Docker engine only blocks Docker."""
     info = connections.hosts[host]
     seen = ObservedHost(host, address=info.url_host)
     try:
-        runtime = connections.runtime(host)
-        seen.containers, seen.others = runtime.observe(stack)
-        seen.image_ids = runtime.image_ids(images)
+        seen.containers, _ = connections.runtime(host, "process").observe(stack)
+        seen.models = read_model_index(connections, host)
     except RuntimeFailure as exc:
         seen.reachable, seen.error = False, str(exc)
         return seen
+    try:
+        docker = connections.runtime(host, "docker")
+        managed, seen.others = docker.observe(stack)
+        seen.containers += managed
+        seen.image_ids = docker.image_ids(images)
+    except RuntimeFailure as exc:
+        seen.docker_error = str(exc)
     if info.address == "local":
         from aimactl.hosts.procnet import local_listeners
 

@@ -34,6 +34,21 @@ def probe(url: str, timeout: float = 2.0) -> str | None:
         return str(reason)
 
 
+def warmup(url: str, method: str, body: object, timeout: float = 60.0) -> str | None:
+    """Send the tiny inference request; None when it answered 2xx, else why not."""
+    import json
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own endpoint
+            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}: {exc.read(300).decode('utf-8', 'replace')}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
 def last_logs(runtime: Runtime, container_id: str, lines: int = LOG_LINES) -> str:
     """The last log lines of a container, indented for an error message (empty when there are none)."""
     try:
@@ -59,9 +74,15 @@ def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: 
         if readiness.path and readiness.port:
             url = f"http://{host}:{readiness.port}{readiness.path}"
             last_problem = probe(url) or ""
+            if not last_problem and readiness.warmup:
+                warm = readiness.warmup
+                target = f"http://{host}:{readiness.port}{warm.path}"
+                last_problem = warmup(target, warm.method, warm.body) or ""
+                last_problem = f"warmup {warm.method} {target}: {last_problem}" if last_problem else ""
+            elif last_problem:
+                last_problem = f"GET {url}: {last_problem}"
             if not last_problem:
                 return now - start
-            last_problem = f"GET {url}: {last_problem}"
         else:
             running_since = now if running_since is None else running_since
             if now - running_since >= readiness.settle:

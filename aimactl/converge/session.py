@@ -12,7 +12,7 @@ from typing import Any
 
 from aimactl.converge import secrets
 from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, Reporter, StepResult
-from aimactl.converge.observe import Connections, observe
+from aimactl.converge.observe import Connections, observe, resolve_hosts
 from aimactl.core.desired import build_desired, host_infos, images_of
 from aimactl.core.observed import Observed
 from aimactl.core.plan import DELETE, Plan, PlanOptions, plan
@@ -43,11 +43,13 @@ def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str,
                parallelism: int = 4) -> Session:
     """Observe the hosts the manifests name and plan against them."""
     resources = manifests.resources
-    connections = Connections(host_infos(resources), environ)
+    hosts = resolve_hosts(host_infos(resources))
+    connections = Connections(hosts, environ)
     observed = observe(connections, options.stack, images_of(resources), parallelism)
     digests = secrets.digests(options.stack, secrets.secret_sources_in(resources), environ)
     image_ids = {name: host.image_ids for name, host in observed.hosts.items()}
-    desired = build_desired(options.stack, resources, observed, digests, image_ids)
+    desired = build_desired(options.stack, resources, observed, digests, image_ids, hosts,
+                            environ.get("HF_ENDPOINT"))
     return Session(options.stack, plan(desired, observed, options), observed, connections, manifests.sources)
 
 

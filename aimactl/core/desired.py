@@ -8,7 +8,6 @@ and the digests of secrets (never their values). Engines other than `custom` plu
 from __future__ import annotations
 
 import posixpath
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,10 @@ from typing import Any
 from aimactl.core import labels as L
 from aimactl.core.checks import Check, error
 from aimactl.core.containers import ContainerSpec, GpuRequest, Mount, SecretEnv
+from aimactl.core.models import DesiredModel, desired_model, model_infos
 from aimactl.core.observed import Observed, PublishedPort
 from aimactl.core.spec import normalise, normalise_image, spec_hash
+from aimactl.core.workloads import Unsupported, Warmup, Workload, render_workload
 from aimactl.manifest import units
 from aimactl.manifest.kinds import SecretValue
 from aimactl.manifest.load import Resource
@@ -37,6 +38,7 @@ class HostInfo:
     data_dir: str = "~/.local/share/aimactl"
     port_range: tuple[int, int] = (9000, 9100)
     labels: Mapping[str, str] = field(default_factory=dict)
+    python: str = "python3"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Readiness:
     startup_timeout: float = 1200.0
     interval: float = 5.0
     settle: float = SETTLE_SECONDS
+    warmup: Warmup | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class DesiredContainer:
     spec_hash: str
     depends_on: tuple[str, ...] = ()
     readiness: Readiness = Readiness()
+    runtime: str = "docker"
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Desired:
     """Every desired container, the dependency edges between resources, and problems found building them."""
 
     containers: list[DesiredContainer] = field(default_factory=list)
+    models: list[DesiredModel] = field(default_factory=list)
     declared: dict[str, str] = field(default_factory=dict)
     """Every Service and App key the manifests declare (even with `replicas: 0`) -> the host it is placed on."""
     edges: dict[str, set[str]] = field(default_factory=dict)
@@ -95,7 +100,7 @@ def host_infos(resources: Sequence[Resource]) -> dict[str, HostInfo]:
         url_host = url_host.rsplit(":", 1)[0] if url_host.count(":") == 1 else url_host
         hosts[res.name] = HostInfo(res.name, spec.address, url_host, spec.data_dir,
                                    units.parse_port_range(spec.port_range),
-                                   {**res.doc.metadata.labels, **spec.labels})
+                                   {**res.doc.metadata.labels, **spec.labels}, spec.python)
     return hosts or {IMPLICIT_HOST: HostInfo(IMPLICIT_HOST)}
 
 
@@ -160,48 +165,6 @@ class PortBook:
                 taken.add(port)
                 return port
         return None
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What a Service or App asks for, engine-independent: the input of one replica's ContainerSpec."""
-
-    image: str
-    command: tuple[str, ...] | None
-    container_ports: tuple[PublishedPort, ...]
-    """Ports with host_port 0 are allocated from the host's port range."""
-    readiness_path: str | None
-    readiness_container_port: int | None
-
-
-class Unsupported(Exception):
-    """A workload this version cannot run yet; becomes an error check naming the resource."""
-
-
-def _command(value: Any, args: Sequence[str]) -> tuple[str, ...] | None:
-    """A list stays a list; a string is split like a shell would, without ever running a shell."""
-    if value is None:
-        return tuple(args) if args else None
-    base = shlex.split(value) if isinstance(value, str) else list(value)
-    return tuple(base) + tuple(args)
-
-
-def render_workload(res: Resource) -> Workload:
-    """Turn a Service or App into a Workload. Engines other than `custom` come with the engine catalog."""
-    spec = res.spec
-    if res.kind == "App":
-        if not spec.image:
-            raise Unsupported(f"App template {spec.template!r} needs the template catalog; set 'image'")
-        ports = tuple(PublishedPort(p.host_ip, p.host_port, p.container_port, p.protocol)
-                      for p in (units.parse_port(x) for x in spec.ports))
-        return Workload(spec.image, _command(spec.command, []), ports, spec.health.path, spec.health.port)
-    if spec.runtime != "docker":
-        raise Unsupported(f"runtime {spec.runtime!r} is not supported yet; use runtime: docker")
-    if spec.engine != "custom":
-        raise Unsupported(f"engine {spec.engine!r} needs the engine catalog; use engine: custom with an image")
-    inner = spec.container_port or spec.port
-    ports = (PublishedPort("", spec.port or 0, inner),) if inner else ()
-    return Workload(spec.image, _command(spec.command, spec.args), ports, spec.health.path, spec.health.port)
 
 
 def secret_source(value: SecretValue, base_dir: str) -> str:
@@ -272,7 +235,9 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
             checks.append(error("no-host", f"no Host matches hostSelector {res.spec.host_selector}", where))
             continue
         try:
-            planned.append(_Planned(res, host, render_workload(res)))
+            info = hosts[host]
+            planned.append(_Planned(res, host, render_workload(res, model_infos(resources, info.data_dir),
+                                                                info.data_dir, info.python)))
         except Unsupported as exc:
             checks.append(error("unsupported", str(exc), where, host))
     book.keep_only({(i.host, i.res.name, r) for i in planned for r in range(i.res.spec.replicas)})
@@ -291,7 +256,8 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
                     checks.append(error("no-free-port", f"no free port left in {low}-{high}",
                                         address(item.res.kind, item.res.name, replica, item.host), item.host))
                     host_port = 0
-                ports.append(PublishedPort(port.host_ip, host_port, port.container_port, port.protocol))
+                inner = host_port if item.workload.runtime == "process" else port.container_port
+                ports.append(PublishedPort(port.host_ip, host_port, inner, port.protocol))
             item.ports.append(tuple(ports))
     return planned
 
@@ -304,8 +270,8 @@ def _context(planned: Sequence[_Planned], hosts: Mapping[str, HostInfo], resourc
         if item.ports and item.ports[0]:
             url_host, port = hosts[item.host].url_host, item.ports[0][0].host_port
             services[item.res.name] = {"url": f"http://{url_host}:{port}", "host": url_host, "port": port}
-    data_dir = hosts[host].data_dir
-    models = {r.name: {"path": posixpath.join(data_dir, "models", r.name)} for r in resources if r.kind == "Model"}
+    infos = model_infos(resources, hosts[host].data_dir)
+    models = {name: {"path": info.host_path or ""} for name, info in infos.items()}
     return {"services": services, "models": models}
 
 
@@ -318,17 +284,21 @@ def _container(stack: str, item: _Planned, replica: int, context: Mapping[str, A
     """The ContainerSpec of one replica, with deferred templates rendered (identity labels come later)."""
     spec, res = item.res.spec, item.res
     base_dir = getattr(res, "base_dir", ".")
-    env: dict[str, str | SecretEnv] = {}
+    env: dict[str, str | SecretEnv] = dict(item.workload.env)
     for key, value in spec.env.items():
         env[key] = SecretEnv(secret_source(value, base_dir)) if isinstance(value, SecretValue) \
             else _render(value, context)
+    command = item.workload.command
+    if item.workload.argv_for_port and item.ports[replica]:
+        command = item.workload.argv_for_port(item.ports[replica][0].host_port)
+    engine_mounts = tuple(Mount(src, dst, ro) for src, dst, ro in item.workload.mounts)
     return ContainerSpec(
         name=L.container_name(stack, res.name, replica),
         image=_render(item.workload.image, context),
-        command=_render(item.workload.command, context),
+        command=_render(command, context),
         env=env,
         ports=item.ports[replica],
-        mounts=_mounts(spec.volumes, base_dir),
+        mounts=engine_mounts + _mounts(spec.volumes, base_dir),
         restart=spec.restart,
         memory=units.parse_bytes(spec.resources.memory) if spec.resources.memory is not None else None,
         nano_cpus=int(spec.resources.cpus * 1e9) if spec.resources.cpus else None,
@@ -341,20 +311,41 @@ def _readiness(item: _Planned, replica: int) -> Readiness:
     health, ports = item.res.spec.health, item.ports[replica]
     wanted = [p for p in ports if p.container_port == item.workload.readiness_container_port] or list(ports)
     return Readiness(item.workload.readiness_path, wanted[0].host_port if wanted else None,
-                     units.parse_duration(health.startup_timeout), units.parse_duration(health.interval))
+                     units.parse_duration(health.startup_timeout), units.parse_duration(health.interval),
+                     warmup=item.workload.warmup)
+
+
+def _models(planned: Sequence[_Planned], resources: Sequence[Resource], hosts: Mapping[str, HostInfo],
+            hf_endpoint: str | None, checks: list[Check]) -> list[DesiredModel]:
+    """Every Model a placed Service uses, once per host where it runs."""
+    by_name = {r.name: r for r in resources if r.kind == "Model"}
+    out: dict[tuple[str, str], DesiredModel] = {}
+    for item in planned:
+        name = getattr(item.res.spec, "model", None) if item.res.kind == "Service" else None
+        if not name or name not in by_name or (name, item.host) in out or not item.res.spec.replicas:
+            continue
+        try:
+            out[(name, item.host)] = desired_model(by_name[name], item.host, hosts[item.host].data_dir, hf_endpoint)
+        except ValueError as exc:
+            checks.append(error("model-source", str(exc), f"model.{name}@{item.host}", item.host))
+    return list(out.values())
 
 
 def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
-                  secret_digests: Mapping[str, str], image_ids: Mapping[str, Mapping[str, str]]) -> Desired:
-    """Every replica of every Service and App as a DesiredContainer, plus checks for what cannot be built.
+                  secret_digests: Mapping[str, str], image_ids: Mapping[str, Mapping[str, str]],
+                  hosts: Mapping[str, HostInfo] | None = None, hf_endpoint: str | None = None) -> Desired:
+    """Every replica of every Service and App as a DesiredContainer, every Model each host needs, and checks
+    for what cannot be built.
 
     `image_ids[host][image]` are the images present on each host; `secret_digests[source]` the digests of the
-    secrets the controller could read (a missing one is an error check).
+    secrets the controller could read (a missing one is an error check). `hosts` (with data dirs resolved on
+    each host) defaults to the Host manifests as written.
     """
-    hosts = host_infos(resources)
+    hosts = dict(hosts) if hosts is not None else host_infos(resources)
     desired = Desired(hosts=hosts, edges=dependency_edges(list(resources)))
     planned = _plan_workloads(resources, hosts, PortBook(observed, hosts, stack), desired.checks)
     desired.declared = {item.res.key: item.host for item in planned}
+    desired.models = _models(planned, resources, hosts, hf_endpoint, desired.checks)
     for item in planned:
         context = _with_vars(_context(planned, hosts, resources, item.host), item.res)
         kind, name = item.res.kind.lower(), item.res.name
@@ -369,14 +360,16 @@ def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
                 if isinstance(value, SecretEnv) and value.source not in secret_digests:
                     desired.checks.append(error("secret-unavailable", f"secret {value.source} cannot be read on "
                                                 "the controller", where, item.host))
-            image_id = image_ids.get(item.host, {}).get(normalise_image(container.image))
+            runtime = item.workload.runtime
+            image_id = "native" if runtime == "process" else \
+                image_ids.get(item.host, {}).get(normalise_image(container.image))
             normalised = normalise(container, image_id, secret_digests)
             digest = spec_hash(normalised)
-            identity = L.identity_labels(stack, kind, name, replica, digest, normalised)
+            identity = L.identity_labels(stack, kind, name, replica, digest, normalised, runtime)
             container = ContainerSpec(**{**container.__dict__, "labels": {**container.labels, **identity}})
             desired.containers.append(DesiredContainer(
                 where, item.res.key, kind, name, replica, item.host, container, normalised, digest,
-                tuple(sorted(desired.edges.get(item.res.key, ()))), _readiness(item, replica)))
+                tuple(sorted(desired.edges.get(item.res.key, ()))), _readiness(item, replica), runtime))
     return desired
 
 

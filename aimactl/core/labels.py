@@ -14,6 +14,7 @@ NAME = PREFIX + "name"
 REPLICA = PREFIX + "replica"
 SPEC_HASH = PREFIX + "spec-hash"
 SPEC = PREFIX + "spec"
+RUNTIME = PREFIX + "runtime"
 
 
 def container_name(stack: str, name: str, replica: int) -> str:
@@ -22,7 +23,7 @@ def container_name(stack: str, name: str, replica: int) -> str:
 
 
 def identity_labels(stack: str, kind: str, name: str, replica: int, spec_hash: str,
-                    spec: Mapping[str, Any]) -> dict[str, str]:
+                    spec: Mapping[str, Any], runtime: str = "docker") -> dict[str, str]:
     """Labels written on every managed container; `spec` must already have its secrets hashed."""
     return {
         MANAGED: "true",
@@ -32,6 +33,7 @@ def identity_labels(stack: str, kind: str, name: str, replica: int, spec_hash: s
         REPLICA: str(replica),
         SPEC_HASH: spec_hash,
         SPEC: json.dumps(spec, sort_keys=True, separators=(",", ":")),
+        RUNTIME: runtime,
     }
 
 

@@ -123,6 +123,10 @@ class ObservedHost:
     """Image reference -> image id, for the images the manifests use that exist on the host."""
     address: str = "127.0.0.1"
     """Address other hosts and the controller use to reach published ports."""
+    docker_error: str | None = None
+    """Why the Docker engine could not be observed (processes and models may still be); None when it could."""
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The host's model cache index: Model name -> {source, sha256, size, path, fetched_at}."""
 
 
 @dataclass

@@ -11,8 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aimactl.core import labels as L
 from aimactl.core.checks import ERROR, Check, error, warning
 from aimactl.core.desired import Desired, DesiredContainer, HostInfo, address
+from aimactl.core.models import DesiredModel, model_reason
 from aimactl.core.observed import Observed, ObservedContainer, ObservedHost
 from aimactl.core.spec import IN_PLACE_FIELDS, diff_fields, forces_replacement
 
@@ -45,6 +47,8 @@ class Change:
     container_id: str | None = None
     observed_hash: str | None = None
     desired: DesiredContainer | None = None
+    runtime: str = "docker"
+    model: DesiredModel | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -107,11 +111,12 @@ def _reason_for_diff(diffs: list[FieldDiff]) -> str:
 
 
 def _state_reason(seen: ObservedContainer) -> str | None:
-    """Why a container with the right spec still needs work, or None when it is fine."""
+    """Why a container (or process) with the right spec still needs work, or None when it is fine."""
+    what = "process" if seen.labels.get(L.RUNTIME) == "process" else "container"
     if seen.state == "created":
         return "container was created but never started (an apply was interrupted)"
     if seen.state in ("exited", "dead"):
-        return f"container {seen.state} ({seen.exit_code})" if seen.exit_code is not None else f"container {seen.state}"
+        return f"{what} {seen.state} ({seen.exit_code})" if seen.exit_code is not None else f"{what} {seen.state}"
     if seen.state == "paused":
         return "container is paused"
     return None
@@ -120,7 +125,7 @@ def _state_reason(seen: ObservedContainer) -> str | None:
 def decide(want: DesiredContainer, seen: ObservedContainer | None, forced: bool) -> Change:
     """The action for one desired replica given what runs now."""
     change = Change(want.address, want.key, want.kind, want.name, want.replica, want.host, NOOP, "up to date",
-                    desired=want)
+                    desired=want, runtime=want.runtime)
     if seen is None:
         change.action, change.reason = CREATE, f"not running on {want.host}"
         return change
@@ -149,7 +154,8 @@ def decide(want: DesiredContainer, seen: ObservedContainer | None, forced: bool)
 def _delete(host: str, seen: ObservedContainer, reason: str) -> Change:
     kind, name = seen.resource_kind or "container", seen.resource_name or seen.name
     return Change(address(kind, name, seen.replica, host), f"{kind}/{name}", kind, name, seen.replica, host, DELETE,
-                  reason, container_id=seen.id, observed_hash=seen.spec_hash)
+                  reason, container_id=seen.id, observed_hash=seen.spec_hash,
+                  runtime=seen.labels.get(L.RUNTIME, "docker"))
 
 
 def _delete_reason(key: str, replica: int, host: str, declared: dict[str, str],
@@ -208,7 +214,10 @@ def feasibility(changes: Iterable[Change], observed: Observed) -> list[Check]:
             if holder:
                 checks.append(error("port-taken", f"host port {port.host_port}/{port.protocol} on {change.host} is "
                                     f"held by {holder}", change.address, change.host))
-        if want.spec.get("imageId") is None:
+        if change.runtime == "docker" and observed.hosts.get(change.host, ObservedHost(change.host)).docker_error:
+            checks.append(error("docker-unavailable", f"the Docker engine on {change.host} cannot be reached: "
+                                f"{observed.hosts[change.host].docker_error}", change.address, change.host))
+        elif change.runtime == "docker" and want.spec.get("imageId") is None:
             checks.append(error("image-missing", f"image {want.spec['image']!r} is not on host {change.host}; "
                                 "nothing is pulled automatically: `docker pull`, `docker load` or `docker import` it "
                                 "there first", change.address, change.host))
@@ -246,6 +255,7 @@ def _select(changes: list[Change], options: PlanOptions, edges: dict[str, set[st
 def _order(changes: list[Change]) -> list[Change]:
     """Deletes and replaces first (as Terraform lists them), then by address."""
     rank = {DELETE: 0, REPLACE: 1, UPDATE: 2, CREATE: 3, NOOP: 4}
+    # within each action: models, then services, then apps (the order they are needed in)
     return sorted(changes, key=lambda c: (rank[c.action], c.kind, c.name, c.host, c.replica))
 
 
@@ -270,6 +280,8 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
     replicas: dict[tuple[str, str], int] = {}
     for w in wanted:
         replicas[(w.host, w.key)] = replicas.get((w.host, w.key), 0) + 1
+    if not options.destroy:
+        changes += model_changes(desired.models, observed)
     deletes = _orphans(observed.hosts, idents, desired.declared, replicas, options.destroy)
     if deletes and not desired.declared and not (options.allow_empty or options.destroy):
         count = f"all {len(deletes)} containers" if len(deletes) > 1 else "the only container"
@@ -279,6 +291,19 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
     result.changes = _order(_select(changes + deletes, options, desired.edges))
     result.checks.extend(feasibility(result.changes, observed))
     return result
+
+
+def model_changes(models: list[DesiredModel], observed: Observed) -> list[Change]:
+    """Fetch (create), re-fetch (replace) or keep (no-op) each Model in each host's cache."""
+    changes = []
+    for want in models:
+        host = observed.hosts.get(want.host)
+        if want.url is None or (host is not None and not host.reachable):
+            continue
+        action, reason = model_reason(want, host.models.get(want.name) if host else None)
+        changes.append(Change(want.address, want.key, "model", want.name, 0, want.host, action, reason,
+                              runtime="helper", model=want))
+    return changes
 
 
 def _matches_replace(want: DesiredContainer, selectors: frozenset[str]) -> bool:

@@ -11,8 +11,10 @@ from typing import Any
 from aimactl.core.checks import Check
 from aimactl.core.containers import ContainerSpec, GpuRequest, Mount, SecretEnv
 from aimactl.core.desired import DesiredContainer, HostInfo, Readiness
+from aimactl.core.models import DesiredModel
 from aimactl.core.observed import PublishedPort
 from aimactl.core.plan import Change, FieldDiff, Plan
+from aimactl.core.workloads import Warmup
 
 FORMAT_VERSION = 1
 
@@ -41,14 +43,20 @@ def _container_from_dict(data: dict[str, Any]) -> ContainerSpec:
 
 def _desired_to_dict(want: DesiredContainer) -> dict[str, Any]:
     return {"container": _container_to_dict(want.container), "spec_hash": want.spec_hash, "spec": want.spec,
-            "key": want.key, "depends_on": list(want.depends_on), "readiness": asdict(want.readiness)}
+            "key": want.key, "depends_on": list(want.depends_on), "readiness": asdict(want.readiness),
+            "runtime": want.runtime}
 
 
 def _desired_from_dict(change: dict[str, Any]) -> DesiredContainer:
     data = change["desired"]
     return DesiredContainer(change["address"], data["key"], change["kind"], change["name"], change["replica"],
                             change["host"], _container_from_dict(data["container"]), data["spec"], data["spec_hash"],
-                            tuple(data["depends_on"]), Readiness(**data["readiness"]))
+                            tuple(data["depends_on"]), _readiness(data["readiness"]), data.get("runtime", "docker"))
+
+
+def _readiness(data: dict[str, Any]) -> Readiness:
+    warm = data.get("warmup")
+    return Readiness(**{**data, "warmup": Warmup(**warm) if warm else None})
 
 
 def change_to_dict(change: Change) -> dict[str, Any]:
@@ -59,6 +67,8 @@ def change_to_dict(change: Change) -> dict[str, Any]:
         "diff": [asdict(d) for d in change.diff], "fingerprint": change.fingerprint,
         "container_id": change.container_id, "observed_hash": change.observed_hash,
         "desired": _desired_to_dict(change.desired) if change.desired else None,
+        "runtime": change.runtime,
+        "model": asdict(change.model) if change.model else None,
     }
 
 
@@ -83,7 +93,8 @@ def from_dict(data: dict[str, Any]) -> Plan:
     try:
         changes = [Change(c["address"], c["key"], c["kind"], c["name"], c["replica"], c["host"], c["actions"][0],
                           c["reason"], [FieldDiff(**d) for d in c["diff"]], c.get("container_id"),
-                          c.get("observed_hash"), _desired_from_dict(c) if c.get("desired") else None)
+                          c.get("observed_hash"), _desired_from_dict(c) if c.get("desired") else None,
+                          c.get("runtime", "docker"), DesiredModel(**c["model"]) if c.get("model") else None)
                    for c in data["changes"]]
         checks = [Check(**c) for c in data["checks"]]
         edges = {k: set(v) for k, v in data.get("edges", {}).items()}

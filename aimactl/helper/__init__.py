@@ -16,3 +16,10 @@ HELPER_FILENAME = "aimahelper.py"
 def helper_source() -> str:
     """The text of aimahelper.py, as packaged with aimactl."""
     return resources.files(__name__).joinpath(HELPER_FILENAME).read_text(encoding="utf-8")
+
+
+def helper_file() -> str:
+    """Path of the packaged aimahelper.py (run as it is on the local host)."""
+    from pathlib import Path
+
+    return str(Path(__file__).with_name(HELPER_FILENAME))

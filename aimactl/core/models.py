@@ -1,0 +1,78 @@
+"""Models on hosts: which Model must be in which host's cache, where, and whether it needs fetching.
+
+A Model is fetched onto every host where a Service that uses it runs, by the host itself (the helper's
+`fetch`), into `<dataDir>/models/<name>/<file>`; an index beside it records what was fetched. Ollama models are
+pulled by the Ollama engine and are not fetched here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aimactl.manifest import units
+from aimactl.manifest.load import Resource
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    """One Model in one host's cache."""
+
+    address: str
+    key: str
+    name: str
+    host: str
+    source: str
+    url: str | None
+    """What the helper fetches (`https://...`, `file:///...`); None when the engine pulls it itself."""
+    path: str | None
+    sha256: str | None = None
+    size: int | None = None
+
+
+def model_address(name: str, host: str) -> str:
+    """`model.qwen@local`."""
+    return f"model.{name}@{host}"
+
+
+def desired_model(res: Resource, host: str, data_dir: str, hf_endpoint: str | None) -> DesiredModel:
+    """Where a Model goes on a host and what to fetch; raises ValueError for an unusable source."""
+    from aimactl.models.sources import cache_path, download_url, parse_source
+
+    spec = res.spec
+    source = parse_source(spec.source, res.base_dir)
+    if source.scheme == "ollama":
+        return DesiredModel(model_address(res.name, host), res.key, res.name, host, spec.source, None, None)
+    url = f"file://{source.path}" if source.scheme == "file" else download_url(source, hf_endpoint)
+    size = units.parse_bytes(spec.size) if spec.size is not None else None
+    return DesiredModel(model_address(res.name, host), res.key, res.name, host, spec.source, url,
+                        cache_path(data_dir, res.name, source), spec.sha256, size)
+
+
+def model_infos(resources: Sequence[Resource], data_dir: str) -> dict[str, Any]:
+    """Catalog ModelInfo of every Model for one host (its cache path there), by name."""
+    from aimactl.engines.catalog import model_info
+    from aimactl.models.sources import parse_source
+
+    out = {}
+    for res in resources:
+        if res.kind == "Model":
+            try:
+                out[res.name] = model_info(res.name, parse_source(res.spec.source, res.base_dir), data_dir)
+            except ValueError:
+                continue
+    return out
+
+
+def model_reason(want: DesiredModel, entry: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(action, reason) for a Model given the host's cache index entry."""
+    if entry is None:
+        return "create", f"not in the model cache on {want.host}"
+    if entry.get("source") != want.source:
+        return "replace", "source changed"
+    if want.sha256 and entry.get("sha256") != want.sha256:
+        return "replace", "sha256 changed"
+    if entry.get("path") != want.path:
+        return "replace", "cache path changed"
+    return "no-op", "cached"
