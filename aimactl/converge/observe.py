@@ -22,11 +22,34 @@ from aimactl.runtimes.docker import DockerRuntime
 from aimactl.runtimes.engine_api import docker_endpoint
 from aimactl.runtimes.process import ProcessRuntime
 
+ENGINE_PROGRAMS = ("llama-server", "vllm", "ollama", "text-generation-launcher")
+ENGINE_MODULES = ("llama_cpp", "vllm", "sglang")
+
+
+def _python_modules(python: str) -> frozenset[str] | None:
+    """Which engine modules the host's python can import (one short subprocess, no shell)."""
+    import subprocess
+
+    code = "import importlib.util,sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))"
+    try:
+        out = subprocess.run([python, "-c", code, *ENGINE_MODULES], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return frozenset(out.stdout.split()) if out.returncode == 0 else None
+
 
 def resolve_hosts(hosts: Mapping[str, HostInfo]) -> dict[str, HostInfo]:
-    """Host facts with `~` in data dirs expanded where it can be (the local host) before planning."""
-    return {name: dataclasses.replace(info, data_dir=os.path.expanduser(info.data_dir))
-            if info.address == "local" else info for name, info in hosts.items()}
+    """Host facts for planning: `~` in data dirs expanded and engine programs found (the local host)."""
+    import shutil
+
+    out = {}
+    for name, info in hosts.items():
+        if info.address == "local":
+            programs = frozenset(p for p in ENGINE_PROGRAMS if shutil.which(p))
+            info = dataclasses.replace(info, data_dir=os.path.expanduser(info.data_dir), executables=programs,
+                                       python_modules=_python_modules(os.path.expanduser(info.python)))
+        out[name] = info
+    return out
 
 
 class Connections:

@@ -39,6 +39,10 @@ class HostInfo:
     port_range: tuple[int, int] = (9000, 9100)
     labels: Mapping[str, str] = field(default_factory=dict)
     python: str = "python3"
+    executables: frozenset[str] | None = None
+    """Engine programs found on the host (llama-server ...); None when not probed."""
+    python_modules: frozenset[str] | None = None
+    """Engine Python modules importable by the host's python (llama_cpp ...); None when not probed."""
 
 
 @dataclass(frozen=True)
@@ -236,8 +240,7 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
             continue
         try:
             info = hosts[host]
-            planned.append(_Planned(res, host, render_workload(res, model_infos(resources, info.data_dir),
-                                                                info.data_dir, info.python)))
+            planned.append(_Planned(res, host, render_workload(res, model_infos(resources, info.data_dir), info)))
         except Unsupported as exc:
             checks.append(error("unsupported", str(exc), where, host))
     book.keep_only({(i.host, i.res.name, r) for i in planned for r in range(i.res.spec.replicas)})

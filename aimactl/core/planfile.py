@@ -59,6 +59,18 @@ def _readiness(data: dict[str, Any]) -> Readiness:
     return Readiness(**{**data, "warmup": Warmup(**warm) if warm else None})
 
 
+def _host_to_dict(host: HostInfo) -> dict[str, Any]:
+    data = asdict(host)
+    for key in ("executables", "python_modules"):
+        data[key] = sorted(data[key]) if data[key] is not None else None
+    return {**data, "port_range": list(host.port_range), "labels": dict(host.labels)}
+
+
+def _host_from_dict(data: dict[str, Any]) -> HostInfo:
+    sets = {k: frozenset(data[k]) if data.get(k) is not None else None for k in ("executables", "python_modules")}
+    return HostInfo(**{**data, **sets, "port_range": tuple(data["port_range"])})
+
+
 def change_to_dict(change: Change) -> dict[str, Any]:
     """One change in the JSON form."""
     return {
@@ -81,8 +93,7 @@ def to_dict(plan: Plan) -> dict[str, Any]:
         "checks": [c.to_dict() for c in plan.checks],
         "summary": plan.summary(),
         "edges": {k: sorted(v) for k, v in sorted(plan.edges.items())},
-        "hosts": {name: {**asdict(h), "port_range": list(h.port_range), "labels": dict(h.labels)}
-                  for name, h in sorted(plan.hosts.items())},
+        "hosts": {name: _host_to_dict(h) for name, h in sorted(plan.hosts.items())},
     }
 
 
@@ -98,7 +109,7 @@ def from_dict(data: dict[str, Any]) -> Plan:
                    for c in data["changes"]]
         checks = [Check(**c) for c in data["checks"]]
         edges = {k: set(v) for k, v in data.get("edges", {}).items()}
-        hosts = {n: HostInfo(**{**h, "port_range": tuple(h["port_range"])}) for n, h in data.get("hosts", {}).items()}
+        hosts = {n: _host_from_dict(h) for n, h in data.get("hosts", {}).items()}
     except (KeyError, TypeError, IndexError) as exc:
         raise PlanFileError(f"plan file is damaged: {exc}") from None
     return Plan(data["stack"], changes, checks, edges, hosts)

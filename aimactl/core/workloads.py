@@ -77,13 +77,14 @@ def _custom(res: Resource) -> Workload:
     return Workload(spec.image, command_of(spec.command, spec.args), ports, spec.health.path, spec.health.port)
 
 
-def _engine(res: Resource, model: Any, data_dir: str, python: str) -> Workload:
+def _engine(res: Resource, model: Any, host: Any) -> Workload:
     """A catalog engine (vllm, llamacpp, ollama, sglang, tgi) on docker or as a native process."""
     from aimactl.engines.catalog import HostFacts, load_engine, render
 
     spec = res.spec
     engine = load_engine(spec.engine)
-    facts = HostFacts(python=python, data_dir=data_dir)
+    facts = HostFacts(python=host.python, data_dir=host.data_dir, executables=host.executables,
+                      python_modules=host.python_modules)
 
     def rendered(port: int | None) -> Any:
         try:
@@ -105,10 +106,11 @@ def _engine(res: Resource, model: Any, data_dir: str, python: str) -> Workload:
                     tuple(first.mounts), (), warmup)
 
 
-def render_workload(res: Resource, models: Mapping[str, Any], data_dir: str, python: str = "python3") -> Workload:
-    """Turn a Service or App into a Workload. `models` maps Model names to catalog ModelInfo on this host."""
+def render_workload(res: Resource, models: Mapping[str, Any], host: Any) -> Workload:
+    """Turn a Service or App into a Workload on a host (a HostInfo). `models` maps Model names to catalog
+    ModelInfo on that host."""
     if res.kind == "App":
         return _app(res)
     if res.spec.engine == "custom":
         return _custom(res)
-    return _engine(res, models.get(res.spec.model), data_dir, python)
+    return _engine(res, models.get(res.spec.model), host)
