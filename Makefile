@@ -28,13 +28,22 @@ venv: $(VENV)/.installed
 
 ## The whole test suite: unit, CLI, schema freshness, lint/type checks, and integration tests on real
 ## dockerd and sshd started by the suite itself.
-test: system-deps venv
+test: system-deps venv $(VENV)/.llama
 	$(BIN)/pytest -q
 
-## The quickstart stack on this machine, offline.
-quickstart: venv
-	$(BIN)/aimactl validate -f examples/quickstart
-	@echo "plan/apply of the quickstart arrives in a later release (see README, Status)."
+## llama.cpp's Python server (compiled from source: several minutes on 2 cores, once).
+$(VENV)/.llama: | $(VENV)/.installed
+	@echo "Building llama-cpp-python[server] (compiles llama.cpp: several minutes on 2 cores, only once)..."
+	$(BIN)/pip install -q 'llama-cpp-python[server]'
+	touch $@
+
+## The quickstart stack on this machine, offline: a tiny llama.cpp model served as a native process.
+QUICKSTART := -f examples/quickstart/stack.yaml --stack quickstart --var python=$(abspath $(BIN))/python
+quickstart: venv $(VENV)/.llama
+	$(BIN)/python scripts/make_tiny_gguf.py
+	$(BIN)/aimactl apply $(QUICKSTART) --auto-approve
+	$(BIN)/aimactl get services $(QUICKSTART)
+	$(BIN)/python scripts/quickstart_chat.py http://127.0.0.1:9010
 
 lint: venv
 	$(BIN)/ruff check aimactl tests bench

@@ -82,6 +82,7 @@ def write(path: Path, seed: int = 0) -> Path:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent.parent / "examples/quickstart/models/tiny-llama.gguf"
+    default = Path(__file__).parent.parent / "examples" / "quickstart" / "models" / "tiny-llama.gguf"
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     written = write(out)
     print(f"wrote {written} ({written.stat().st_size} bytes)")

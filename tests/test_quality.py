@@ -47,7 +47,7 @@ def test_heavy_modules_stay_off_the_validate_path() -> None:
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "aimactl", "tests", "bench"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "aimactl", "tests", "bench", "scripts"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
