@@ -74,3 +74,11 @@ def test_llamacpp_process_serves_a_fetched_model(tmp_path: Path, tiny_model: Pat
     assert _run(tmp_path, "apply", "-f", str(manifest), "--auto-approve").returncode == 0
     assert _chat(port)["choices"]
     assert _run(tmp_path, "destroy", "-f", str(manifest), "--auto-approve").returncode == 0
+    listed = json.loads(_run(tmp_path, "models", "ls", "-f", str(manifest), "-o", "json").stdout)
+    assert [(m["name"], m["host"], m["size"]) for m in listed] == [("tiny", "local", tiny_model.stat().st_size)]
+    host_only = tmp_path / "host-only.yaml"
+    host_only.write_text(manifest.read_text().split("---")[0])
+    collected = _run(tmp_path, "models", "gc", "-f", str(host_only), "--yes")
+    assert collected.returncode == 0 and "Removed 1 cached model" in collected.stdout
+    assert not cached.exists()
+    assert json.loads(_run(tmp_path, "models", "ls", "-f", str(host_only), "-o", "json").stdout) == []

@@ -229,6 +229,33 @@ def unlock(
     unlock_command(lock_id, force)
 
 
+def _models_app() -> typer.Typer:
+    models = typer.Typer(help="Inspect and clean the hosts' model caches.", no_args_is_help=True,
+                         rich_markup_mode=None)
+
+    @models.command("ls")
+    def models_ls(files: list[str] = OPT_FILES, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+                  allow_env: bool = ALLOW_ENV,
+                  output: Output = typer.Option(Output.text, "-o", "--output", help="text or json.")) -> None:
+        """List the models in each host's cache."""
+        from aimactl.cli.models import ls_command
+
+        ls_command(_common(files, "default", var, var_file, allow_env, 4, [], [], [], True), output.value)
+
+    @models.command("gc")
+    def models_gc(files: list[str] = OPT_FILES, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+                  allow_env: bool = ALLOW_ENV, yes: bool = typer.Option(False, "--yes", help="Do not ask.")) -> None:
+        """Delete cached models that no Model in the manifests names (shows them, then asks)."""
+        from aimactl.cli.models import gc_command
+
+        gc_command(_common(files, "default", var, var_file, allow_env, 4, [], [], [], True), yes)
+
+    return models
+
+
+app.add_typer(_models_app(), name="models", help="Inspect and clean the hosts' model caches.")
+
+
 @app.command()
 def version() -> None:
     """Print the aimactl version."""
