@@ -140,12 +140,23 @@ def approve(auto_approve: bool, what: str) -> None:
 
 
 def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int, build: Callable[[], Any],
-                    auto_approve: bool, what: str, source: str | None = None) -> None:
+                    auto_approve: bool, what: str, source: str | None = None, preview: bool = True) -> None:
     """Hold the stack lock, then plan (`build`), show the plan, ask, apply, and print the results.
 
-    The lock comes first, as Terraform's state lock does: the plan that is shown is the plan that runs.
+    The plan that is shown is made under the lock and is the plan that runs. A first plan without the lock
+    (and without opening the state store, which is a third of a no-op's start-up) ends the command early when
+    there is nothing to do or the plan has errors.
     """
     from aimactl.cli.render import plan_text, results_table
+
+    if preview:
+        first = build()
+        try:
+            if first.plan.errors or not first.plan.actionable:
+                console().print(plan_text(first.plan))
+                raise typer.Exit(1 if first.plan.errors else 0)
+        finally:
+            first.close()
     from aimactl.converge.session import apply_session, stack_lock
     from aimactl.store import StoreError
 
@@ -199,7 +210,7 @@ def apply_command(common: Common, plan_file: Path | None, auto_approve: bool, lo
     if plan_file is not None:
         # A saved plan was reviewed when it was made, as with `terraform apply PLANFILE`.
         converge_locked(stack, "apply", lock_timeout, common.parallelism,
-                        lambda: _saved_session(plan_file, common), True, "perform these actions")
+                        lambda: _saved_session(plan_file, common), True, "perform these actions", preview=False)
     manifests = load_or_exit(common)
     converge_locked(stack, "apply", lock_timeout, common.parallelism, lambda: make_session(common, manifests),
                     auto_approve, "perform these actions")
