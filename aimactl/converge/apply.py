@@ -167,7 +167,8 @@ class Executor:
         want = change.model
         assert want is not None
         with self.slots:
-            result = fetch_model(self.connections, want, lambda event: self.reporter.progress(change, event))
+            result = fetch_model(self.connections, want, lambda event: self.reporter.progress(change, event),
+                                 self.environ)
         size = result.get("size", 0)
         return DONE, f"fetched {size / 2**20:.1f} MiB, sha256 {str(result.get('sha256', ''))[:12]}"
 

@@ -12,7 +12,8 @@ from aimactl.core.models import DesiredModel
 from aimactl.hosts.connector import call_helper
 
 
-def fetch_model(connections: Connections, want: DesiredModel, on_event: Callable[[dict[str, Any]], None]) -> Any:
+def fetch_model(connections: Connections, want: DesiredModel, on_event: Callable[[dict[str, Any]], None],
+                environ: Any = None) -> Any:
     """Download (or copy) one Model into the host's cache and add it to the index; returns the helper's result.
 
     A checksum mismatch quarantines the file and raises HelperError naming expected and actual digests.
@@ -24,6 +25,11 @@ def fetch_model(connections: Connections, want: DesiredModel, on_event: Callable
         payload["sha256"] = want.sha256
     if want.size:
         payload["size"] = want.size
+    if want.token:
+        from aimactl.converge.secrets import read_secret
+
+        # Travels on the helper's stdin only, never in argv; the helper drops it on cross-host redirects.
+        payload["headers"] = {"Authorization": f"Bearer {read_secret(want.token, environ)}"}
     result = call_helper(connector, info.python, connections.helper_path(want.host), "fetch", payload, on_event)
     index = read_model_index(connections, want.host)
     index[want.name] = {"name": want.name, "source": want.source, "sha256": result.get("sha256"),

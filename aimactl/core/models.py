@@ -29,6 +29,8 @@ class DesiredModel:
     path: str | None
     sha256: str | None = None
     size: int | None = None
+    token: str | None = None
+    """Secret source (`env:NAME` / `file:PATH`) of an access token, read on the controller at fetch time."""
 
 
 def model_address(name: str, host: str) -> str:
@@ -44,10 +46,13 @@ def desired_model(res: Resource, host: str, data_dir: str, hf_endpoint: str | No
     source = parse_source(spec.source, res.base_dir)
     if source.scheme == "ollama":
         return DesiredModel(model_address(res.name, host), res.key, res.name, host, spec.source, None, None)
+    from aimactl.core.desired import secret_source
+
     url = f"file://{source.path}" if source.scheme == "file" else download_url(source, hf_endpoint)
     size = units.parse_bytes(spec.size) if spec.size is not None else None
+    token = secret_source(spec.token, res.base_dir) if spec.token is not None else None
     return DesiredModel(model_address(res.name, host), res.key, res.name, host, spec.source, url,
-                        cache_path(data_dir, res.name, source), spec.sha256, size)
+                        cache_path(data_dir, res.name, source), spec.sha256, size, token)
 
 
 def model_infos(resources: Sequence[Resource], data_dir: str) -> dict[str, Any]:
