@@ -158,7 +158,8 @@ class Executor:
         waited = wait_ready(runtime, container_id, want.readiness, self.connections.hosts[change.host].url_host,
                             sleep=self._sleep)
         verb = "created" if change.action == CREATE else "replaced"
-        return DONE, f"{verb} [id={container_id[:12]}], ready after {waited:.1f}s"
+        shown = container_id[:12] if change.runtime == "docker" else container_id
+        return DONE, f"{verb} [{'id' if change.runtime == 'docker' else 'process'}={shown}], ready after {waited:.1f}s"
 
     def _fetch_model(self, change: Change) -> tuple[str, str]:
         """Fetch a Model on its host with the helper (resumable, checksummed), then record it in the index."""

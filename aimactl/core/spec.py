@@ -22,7 +22,9 @@ IN_PLACE_FIELDS = frozenset({"restart", "resources.memory", "resources.cpus"})
 def normalise_image(image: str) -> str:
     """`busybox` -> `busybox:latest`; digests and explicit tags are kept."""
     last = image.rsplit("/", 1)[-1]
-    return image if "@" in image or ":" in last else f"{image}:latest"
+    if image.startswith("native:") or "@" in image or ":" in last:  # native: the program a process runs
+        return image
+    return f"{image}:latest"
 
 
 def port_text(port: PublishedPort) -> str:
