@@ -571,6 +571,9 @@ def process_status(files: ProcFiles) -> dict:
         return status
     record = pid_doc or exit_doc or {}
     running = bool(pid_doc) and process_alive(pid_doc.get("pid", 0), pid_doc.get("start_time"))
+    if pid_doc and not running and not exit_doc:
+        # Just died: its watcher writes the exit status a moment later; wait for it briefly.
+        exit_doc = wait_exit_record(files, pid_doc.get("pid", 0), 1.0) or None
     status.update(state="running" if running else "exited", pid=record.get("pid"),
                   started_at=record.get("started_at"), spec=(spec or {}).get("spec"),
                   spec_hash=(spec or {}).get("spec_hash"))
@@ -579,12 +582,12 @@ def process_status(files: ProcFiles) -> dict:
     return status
 
 
-def wait_exit_record(files: ProcFiles, pid: int) -> dict:
-    """NAME.exit for pid, waiting up to 2 s for the watcher to write it; {} when it does not appear."""
+def wait_exit_record(files: ProcFiles, pid: int, timeout: float = 2.0) -> dict:
+    """NAME.exit for pid, waiting up to `timeout` s for the watcher to write it; {} when it does not appear."""
     def ready() -> bool:
         return (read_json(files.exit) or {}).get("pid") == pid
 
-    wait_until(ready, 2.0)
+    wait_until(ready, timeout)
     return (read_json(files.exit) or {}) if ready() else {}
 
 
