@@ -163,7 +163,9 @@ def test_port_held_by_unmanaged_container_is_reported_before_any_change(stack: S
 
 
 def test_second_apply_waits_for_the_lock_then_names_the_holder(stack: Stack, tmp_path: Path) -> None:
-    slow = app("slow", free_port(), "  health: {path: /passwd, startupTimeout: 30s}\n").replace("trap", "sleep 4; trap")
+    # The first apply holds the lock while its App takes 10 s to answer, even on a loaded machine.
+    slow = app("slow", free_port(), "  health: {path: /passwd, startupTimeout: 60s}\n")
+    slow = slow.replace("trap", "sleep 10; trap")
     stack.write(slow)
     first = stack.spawn("apply", "-f", str(stack.dir), "--auto-approve")
     deadline = time.monotonic() + 20
