@@ -22,31 +22,30 @@ class NotReady(Exception):
     """A replica did not become ready; the message carries the reason and the last log lines."""
 
 
-def probe(url: str, timeout: float = 2.0) -> str | None:
-    """GET `url`; None when it answered 2xx, else why not."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own endpoint
-            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return str(reason)
-
-
-def warmup(url: str, method: str, body: object, timeout: float = 60.0) -> str | None:
-    """Send the tiny inference request; None when it answered 2xx, else why not."""
-    import json
-
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
-                                     headers={"Content-Type": "application/json"})
+def _answer(request: urllib.request.Request, timeout: float) -> str | None:
+    """Send one request to our own endpoint; None when it answered 2xx, else why not, in a few words."""
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own endpoint
             return None if 200 <= response.status < 300 else f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}: {exc.read(300).decode('utf-8', 'replace')}"
+        detail = exc.read(300).decode("utf-8", "replace").strip()
+        return f"HTTP {exc.code}" + (f": {detail}" if detail and request.get_method() != "GET" else "")
     except (urllib.error.URLError, OSError) as exc:
         return str(getattr(exc, "reason", exc))
+
+
+def probe(url: str, timeout: float = 2.0) -> str | None:
+    """GET the health path; None when it answered 2xx."""
+    return _answer(urllib.request.Request(url), timeout)
+
+
+def warmup(url: str, method: str, body: object, timeout: float = 60.0) -> str | None:
+    """Send the tiny inference request; None when it answered 2xx."""
+    import json
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
+    return _answer(request, timeout)
 
 
 def last_logs(runtime: Runtime, container_id: str, lines: int = LOG_LINES) -> str:
