@@ -38,16 +38,19 @@ def _python_modules(python: str) -> frozenset[str] | None:
     return frozenset(out.stdout.split()) if out.returncode == 0 else None
 
 
-def resolve_hosts(hosts: Mapping[str, HostInfo]) -> dict[str, HostInfo]:
-    """Host facts for planning: `~` in data dirs expanded and engine programs found (the local host)."""
+def resolve_hosts(hosts: Mapping[str, HostInfo], engine_facts: bool = True) -> dict[str, HostInfo]:
+    """Host facts for planning: `~` in data dirs expanded and, when native engines are wanted (`engine_facts`),
+    which engine programs and modules the local host has (a subprocess, so only then)."""
     import shutil
 
     out = {}
     for name, info in hosts.items():
         if info.address == "local":
-            programs = frozenset(p for p in ENGINE_PROGRAMS if shutil.which(p))
-            info = dataclasses.replace(info, data_dir=os.path.expanduser(info.data_dir), executables=programs,
-                                       python_modules=_python_modules(os.path.expanduser(info.python)))
+            info = dataclasses.replace(info, data_dir=os.path.expanduser(info.data_dir))
+            if engine_facts:
+                programs = frozenset(p for p in ENGINE_PROGRAMS if shutil.which(p))
+                info = dataclasses.replace(info, executables=programs,
+                                           python_modules=_python_modules(os.path.expanduser(info.python)))
         out[name] = info
     return out
 
@@ -116,7 +119,9 @@ def observe_host(connections: Connections, stack: str, host: str, images: Iterab
     info = connections.hosts[host]
     seen = ObservedHost(host, address=info.url_host)
     try:
-        seen.containers, _ = connections.runtime(host, "process").observe(stack)
+        # A local host that never ran a process has no state dir: no need to start the helper to learn that.
+        if info.address != "local" or os.path.isdir(os.path.join(info.data_dir, "proc")):
+            seen.containers, _ = connections.runtime(host, "process").observe(stack)
         seen.models = read_model_index(connections, host)
     except RuntimeFailure as exc:
         seen.reachable, seen.error = False, str(exc)

@@ -43,7 +43,8 @@ def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str,
                parallelism: int = 4) -> Session:
     """Observe the hosts the manifests name and plan against them."""
     resources = manifests.resources
-    hosts = resolve_hosts(host_infos(resources))
+    native = any(r.kind == "Service" and r.spec.runtime == "process" and r.spec.engine != "custom" for r in resources)
+    hosts = resolve_hosts(host_infos(resources), engine_facts=native)
     connections = Connections(hosts, environ)
     observed = observe(connections, options.stack, images_of(resources), parallelism)
     digests = secrets.digests(options.stack, secrets.secret_sources_in(resources), environ)
