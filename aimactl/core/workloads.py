@@ -12,17 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aimactl.core.observed import PublishedPort
+from aimactl.engines.catalog import Request
 from aimactl.manifest import units
 from aimactl.manifest.load import Resource
 
-
-@dataclass(frozen=True)
-class Warmup:
-    """One tiny real inference request that must succeed before an engine counts as ready."""
-
-    method: str
-    path: str
-    body: Mapping[str, Any] = field(default_factory=dict)
+# One tiny real inference request that must succeed before an engine counts as ready: the catalog's request.
+Warmup = Request
 
 
 @dataclass(frozen=True)
@@ -93,8 +88,7 @@ def _engine(res: Resource, model: Any, host: Any) -> Workload:
             raise Unsupported(str(exc)) from None
 
     first = rendered(spec.port or 1)
-    warm = first.warmup
-    warmup = Warmup(warm.method, warm.path, dict(warm.body)) if warm and spec.health.warmup else None
+    warmup = first.warmup if spec.health.warmup else None
     health = spec.health.path or first.health_path
     if spec.runtime == "process":
         native: tuple[PublishedPort, ...] = (PublishedPort("127.0.0.1", spec.port or 0, 0),)
