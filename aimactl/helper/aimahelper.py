@@ -16,12 +16,14 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import urllib.parse
@@ -192,6 +194,34 @@ def redact(url: str) -> str:
 # -- fetch and verify -------------------------------------------------------------------------------------------
 
 
+class BackgroundHash:
+    """sha256 computed by a worker thread: hashlib releases the GIL, so hashing uses another core while the main
+    thread receives and writes (on 2 cores this saves about 1 s per GiB)."""
+
+    def __init__(self) -> None:
+        self.hasher = hashlib.sha256()
+        self.chunks = queue.Queue(maxsize=8)  # type: queue.Queue
+        self.worker = threading.Thread(target=self._run, daemon=True)
+        self.worker.start()
+
+    def _run(self) -> None:
+        for chunk in iter(self.chunks.get, None):
+            self.hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)
+
+    def hexdigest(self) -> str:
+        """Wait for every queued chunk, then return the digest (call once)."""
+        self.chunks.put(None)
+        self.worker.join()
+        return self.hasher.hexdigest()
+
+    def abandon(self) -> None:
+        """Stop the worker without a result (the transfer restarts from zero)."""
+        self.chunks.put(None)
+
+
 class Transfer:
     """The .part file of one fetch: the bytes in it, their running sha256, and the progress lines about them."""
 
@@ -201,7 +231,7 @@ class Transfer:
         self.started = time.monotonic()
         self.last_progress = float("-inf")
         self.fresh = 0
-        self.hasher = hashlib.sha256()
+        self.hasher = BackgroundHash()
         self.file = open(self.part, "ab")
         self.offset = self.file.seek(0, os.SEEK_END)
         if size is not None and self.offset > size:
@@ -214,7 +244,8 @@ class Transfer:
     def restart(self) -> None:
         """Drop what the .part holds and start again from byte zero."""
         self.file.truncate(0)
-        self.offset, self.resumed, self.hasher = 0, False, hashlib.sha256()
+        self.hasher.abandon()
+        self.offset, self.resumed, self.hasher = 0, False, BackgroundHash()
 
     def expect_total(self, total: int | None) -> None:
         """Record the full size announced by the source; check it against the input size and the free space."""
