@@ -46,6 +46,8 @@ def test_process_service_lifecycle(tmp_path: Path) -> None:
     assert http_get(f"http://127.0.0.1:{port}/index.html") == b"served-by-a-process\n"
     assert not Path("/tmp/aimactl-pwned").exists()
     assert _run(tmp_path, "plan", "-f", str(manifest), "--detailed-exitcode").returncode == 0
+    logs = _run(tmp_path, "logs", "files", "--filename", str(manifest), "--tail", "20")
+    assert logs.returncode == 0 and "GET /index.html" in logs.stdout, logs.stdout + logs.stderr
 
     [pid_file] = (tmp_path / "data" / "proc").glob("*.pid")
     pid = json.loads(pid_file.read_text())["pid"]

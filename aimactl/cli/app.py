@@ -183,14 +183,15 @@ def describe(
 @app.command()
 def logs(
     name: str = typer.Argument(..., help="Service or App name"),
-    stack: str = STACK,
+    files: list[str] = typer.Option([], "--filename", help="Manifests naming the Hosts (their data dirs)."),
+    stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES, allow_env: bool = ALLOW_ENV,
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
     tail: int = typer.Option(None, "--tail", help="Only the last N lines."),
 ) -> None:
-    """Print the logs of a Service or App (every replica)."""
+    """Print the logs of a Service or App (every replica; containers and native processes)."""
     from aimactl.cli.inspect import logs_command
 
-    logs_command(_common([], stack, [], [], False, 4, [], [], [], True), name, follow, tail)
+    logs_command(_common(files, stack, var, var_file, allow_env, 4, [], [], [], True), name, follow, tail)
 
 
 @app.command()

@@ -22,20 +22,25 @@ def _kind(word: str) -> str:
     return KINDS[word.lower()]
 
 
-def _statuses(common: Common, kind: str | None) -> list[Any]:
-    """Observe (and plan, when manifests are given, to know sync) and return per-resource statuses."""
+def _observe(common: Common, kind: str | None) -> tuple[Any, list[Any]]:
+    """Observe (and plan, when manifests are given, to know sync): the session and per-resource statuses.
+    The caller closes the session."""
     from aimactl.converge.status import statuses
     from aimactl.manifest import Manifests
 
     manifests = load_or_exit(common) if common.files else Manifests()
     session = make_session(common, manifests)
-    try:
-        for host in session.observed.hosts.values():
-            if not host.reachable:
-                error(f"host {host.name} is unreachable: {host.error}")
-        return statuses(session.observed, session.plan if common.files else None, kind)
-    finally:
-        session.close()
+    for host in session.observed.hosts.values():
+        if not host.reachable:
+            error(f"host {host.name} is unreachable: {host.error}")
+    return session, statuses(session.observed, session.plan if common.files else None, kind)
+
+
+def _statuses(common: Common, kind: str | None) -> list[Any]:
+    """Per-resource statuses (the connections are closed again)."""
+    session, rows = _observe(common, kind)
+    session.close()
+    return rows
 
 
 def get_command(common: Common, what: str, output: str) -> None:
@@ -110,25 +115,26 @@ def describe_command(common: Common, ref: str) -> None:
 
 def logs_command(common: Common, name: str, follow: bool, tail: int | None) -> None:
     """Print (or follow) the logs of every replica of a Service or App."""
-    rows = [r for r in _statuses(common, None) if r.name == name and r.containers]
+    from aimactl.core.labels import RUNTIME
+
+    session, statuses = _observe(common, None)
+    rows = [r for r in statuses if r.name == name and r.containers]
     if not rows:
+        session.close()
         error(f"no containers for {name!r} in stack {common.stack}")
         raise typer.Exit(1)
-    from aimactl.converge.observe import Connections
-    from aimactl.core.desired import HostInfo
-
-    connections = Connections({r.host: HostInfo(r.host) for r in rows}, os.environ)
     containers = [(r.host, c) for r in rows for c in r.containers]
     try:
         for host, c in containers:
             prefix = f"{c.name} | " if len(containers) > 1 else ""
-            for line in connections.runtime(host).logs(c.id, tail=tail, follow=follow and len(containers) == 1):
+            runtime = session.connections.runtime(host, c.labels.get(RUNTIME, "docker"))
+            for line in runtime.logs(c.id, tail=tail, follow=follow and len(containers) == 1):
                 sys.stdout.write(prefix + line + ("" if line.endswith("\n") else "\n"))
                 sys.stdout.flush()
     except KeyboardInterrupt:
         pass
     finally:
-        connections.close()
+        session.close()
 
 
 def history_command(stack: str, output: str, limit: int) -> None:

@@ -19,7 +19,7 @@ from aimactl.converge.readiness import NotReady, wait_ready
 from aimactl.converge.secrets import SecretUnavailable, resolve_env
 from aimactl.core.graph import waves
 from aimactl.core.observed import ObservedContainer
-from aimactl.core.plan import CREATE, DELETE, NOOP, REPLACE, UPDATE, Change, Plan
+from aimactl.core.plan import CREATE, DELETE, REPLACE, UPDATE, Change, Plan
 from aimactl.hosts.connector import HelperError
 from aimactl.runtimes import ContainerNotFound, Runtime, RuntimeFailure
 
@@ -229,5 +229,3 @@ def _delete_waves(changes: list[Change], edges: Mapping[str, set[str]]) -> list[
     """Deletes in reverse: what depends on a resource goes before it."""
     return list(reversed(_forward_waves(changes, edges)))
 
-
-__all__ = ["Executor", "Reporter", "StepResult", "DONE", "FAILED", "SKIPPED", "UNCHANGED", "NOOP"]

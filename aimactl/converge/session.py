@@ -15,7 +15,7 @@ from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, R
 from aimactl.converge.observe import Connections, observe, resolve_hosts
 from aimactl.core.desired import build_desired, host_infos, images_of
 from aimactl.core.observed import Observed
-from aimactl.core.plan import DELETE, Plan, PlanOptions, plan
+from aimactl.core.plan import Plan, PlanOptions, plan
 from aimactl.core.planfile import to_dict
 from aimactl.manifest import Manifests
 from aimactl.runtimes import ContainerNotFound, RuntimeFailure
@@ -138,7 +138,3 @@ def stack_lock(stack: str, operation: str, wait: float, environ: Mapping[str, st
     finally:
         store.close()
 
-
-def deletes_only(plan: Plan) -> bool:
-    """True when every actionable change is a delete (destroy plans)."""
-    return all(c.action == DELETE for c in plan.actionable)

@@ -224,9 +224,9 @@ def feasibility(changes: Iterable[Change], observed: Observed) -> list[Check]:
     return checks
 
 
-def _matches(change: Change, selectors: frozenset[str]) -> bool:
-    """`service/chat`, `service.chat`, `chat` or a full address select a change."""
-    names = {change.key, change.key.replace("/", "."), change.name, change.address}
+def _matches(item: Change | DesiredContainer, selectors: frozenset[str]) -> bool:
+    """`service/chat`, `service.chat`, `chat` or a full address select a change or a replica."""
+    names = {item.key, item.key.replace("/", "."), item.name, item.address}
     return bool(names & selectors)
 
 
@@ -255,7 +255,6 @@ def _select(changes: list[Change], options: PlanOptions, edges: dict[str, set[st
 def _order(changes: list[Change]) -> list[Change]:
     """Deletes and replaces first (as Terraform lists them), then by address."""
     rank = {DELETE: 0, REPLACE: 1, UPDATE: 2, CREATE: 3, NOOP: 4}
-    # within each action: models, then services, then apps (the order they are needed in)
     return sorted(changes, key=lambda c: (rank[c.action], c.kind, c.name, c.host, c.replica))
 
 
@@ -275,7 +274,7 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
             continue
         seen = next((c for c in (host.containers if host else []) if c.resource_kind == want.kind
                      and c.resource_name == want.name and c.replica == want.replica), None)
-        changes.append(decide(want, seen, _matches_replace(want, options.replace)))
+        changes.append(decide(want, seen, _matches(want, options.replace)))
     idents = {(w.host, w.key, w.replica) for w in wanted}
     replicas: dict[tuple[str, str], int] = {}
     for w in wanted:
@@ -304,11 +303,6 @@ def model_changes(models: list[DesiredModel], observed: Observed) -> list[Change
         changes.append(Change(want.address, want.key, "model", want.name, 0, want.host, action, reason,
                               runtime="helper", model=want))
     return changes
-
-
-def _matches_replace(want: DesiredContainer, selectors: frozenset[str]) -> bool:
-    names = {want.key, want.key.replace("/", "."), want.name, want.address}
-    return bool(names & selectors)
 
 
 def warnings_for(observed: Observed) -> list[Check]:

@@ -39,10 +39,6 @@ class Manifests:
         total = len(self.resources)
         return f"{total} resource{'s' if total != 1 else ''} valid" + (f": {parts}" if parts else "")
 
-    def of_kind(self, kind: str) -> list[Resource]:
-        """Resources of one kind, in manifest order."""
-        return [r for r in self.resources if r.kind == kind]
-
 
 def load_manifests(paths: Iterable[str], var_args: Iterable[str] = (), var_files: Iterable[str] = (),
                    environ: Mapping[str, str] | None = None, stdin_text: str | None = None) -> Manifests:
