@@ -226,9 +226,12 @@ class _Planned:
     ports: list[tuple[PublishedPort, ...]] = field(default_factory=list)
 
 
-def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo], book: PortBook,
-                    checks: list[Check]) -> list[_Planned]:
-    """Place each Service and App, render its workload and give every replica its host ports."""
+def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo], models: Mapping[str, Any],
+                    book: PortBook, checks: list[Check]) -> list[_Planned]:
+    """Place each Service and App, render its workload and give every replica its host ports.
+
+    `models[host]` are the catalog ModelInfo of every Model on that host.
+    """
     planned = []
     for res in resources:
         if res.kind not in ("Service", "App"):
@@ -240,7 +243,7 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
             continue
         try:
             info = hosts[host]
-            planned.append(_Planned(res, host, render_workload(res, model_infos(resources, info.data_dir), info)))
+            planned.append(_Planned(res, host, render_workload(res, models[host], info)))
         except Unsupported as exc:
             checks.append(error("unsupported", str(exc), where, host))
     book.keep_only({(i.host, i.res.name, r) for i in planned for r in range(i.res.spec.replicas)})
@@ -265,17 +268,14 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
     return planned
 
 
-def _context(planned: Sequence[_Planned], hosts: Mapping[str, HostInfo], resources: Sequence[Resource],
-             host: str) -> dict[str, Any]:
-    """Template context for deferred references: endpoints of Services/Apps and model paths on `host`."""
+def _endpoints(planned: Sequence[_Planned], hosts: Mapping[str, HostInfo]) -> dict[str, Any]:
+    """`services.<name>.url|host|port` for deferred templates: where each Service or App answers."""
     services = {}
     for item in planned:
         if item.ports and item.ports[0]:
             url_host, port = hosts[item.host].url_host, item.ports[0][0].host_port
             services[item.res.name] = {"url": f"http://{url_host}:{port}", "host": url_host, "port": port}
-    infos = model_infos(resources, hosts[host].data_dir)
-    models = {name: {"path": info.host_path or ""} for name, info in infos.items()}
-    return {"services": services, "models": models}
+    return services
 
 
 def _with_vars(context: Mapping[str, Any], res: Resource) -> dict[str, Any]:
@@ -346,11 +346,14 @@ def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
     """
     hosts = dict(hosts) if hosts is not None else host_infos(resources)
     desired = Desired(hosts=hosts, edges=dependency_edges(list(resources)))
-    planned = _plan_workloads(resources, hosts, PortBook(observed, hosts, stack), desired.checks)
+    models = {name: model_infos(resources, info.data_dir) for name, info in hosts.items()}
+    planned = _plan_workloads(resources, hosts, models, PortBook(observed, hosts, stack), desired.checks)
+    services = _endpoints(planned, hosts)
     desired.declared = {item.res.key: item.host for item in planned}
     desired.models = _models(planned, resources, hosts, hf_endpoint, desired.checks)
     for item in planned:
-        context = _with_vars(_context(planned, hosts, resources, item.host), item.res)
+        paths = {name: {"path": info.host_path or ""} for name, info in models[item.host].items()}
+        context = _with_vars({"services": services, "models": paths}, item.res)
         kind, name = item.res.kind.lower(), item.res.name
         for replica in range(item.res.spec.replicas):
             where = address(kind, name, replica, item.host)
