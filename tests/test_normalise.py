@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aimactl.converge.secrets import digests, sources_of
+from aimactl.converge.secrets import digests, secret_sources_in
 from aimactl.core.containers import ContainerSpec, GpuRequest, Mount, SecretEnv
 from aimactl.core.desired import build_desired
 from aimactl.core.observed import Observed, ObservedHost, PublishedPort
@@ -256,9 +256,7 @@ def saved_plan(tmp_path: Path) -> Plan:
     manifests = load_manifests([str(path)])
     assert manifests.valid, manifests.errors
     observed = Observed({"local": ObservedHost("local", image_ids={"busybox:latest": IMAGE_ID})})
-    first = build_desired("default", manifests.resources, observed, {}, {"local": {"busybox:latest": IMAGE_ID}})
-    secret_digests = digests("default", sources_of(w.container for w in first.containers),
-                             environ={"API_KEY": SECRET_VALUE})
+    secret_digests = digests("default", secret_sources_in(manifests.resources), environ={"API_KEY": SECRET_VALUE})
     desired = build_desired("default", manifests.resources, observed, secret_digests,
                             {"local": {"busybox:latest": IMAGE_ID}})
     return plan(desired, observed, PlanOptions())

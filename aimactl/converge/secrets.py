@@ -42,11 +42,6 @@ def digest(stack: str, source: str, value: str) -> str:
     return hashlib.sha256(f"aimactl-secret\0{stack}\0{source}\0{value}".encode()).hexdigest()[:32]
 
 
-def sources_of(specs: Iterable[ContainerSpec]) -> set[str]:
-    """Every secret source the containers reference."""
-    return {v.source for spec in specs for v in spec.env.values() if isinstance(v, SecretEnv)}
-
-
 def digests(stack: str, sources: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Digests of the sources that can be read; unreadable ones are left out (the plan reports them)."""
     out = {}
