@@ -133,7 +133,14 @@ def _deferred_refs(ast: nodes.Template) -> Iterator[TemplateRef]:
         yield TemplateRef(root, chain[1], attr)
 
 
-def analyse(source: str) -> tuple[nodes.Template, list[TemplateRef], set[str]]:
+@lru_cache(maxsize=4096)
+def _compiled(source: str) -> Any:
+    """The compiled template of a source text: many manifests repeat the same few templates."""
+    return environment().from_string(source)
+
+
+@lru_cache(maxsize=4096)
+def analyse(source: str) -> tuple[nodes.Template, tuple[TemplateRef, ...], frozenset[str]]:
     """Parse and vet a template: its AST, its deferred references, and the names it reads."""
     try:
         ast = environment().parse(source)
@@ -148,7 +155,7 @@ def analyse(source: str) -> tuple[nodes.Template, list[TemplateRef], set[str]]:
             f"'{unknown[0]}' is undefined: templates may use vars, env, services, models (and inputs, steps "
             "in Pipelines)",
         )
-    return ast, list(dict.fromkeys(_deferred_refs(ast))), loaded
+    return ast, tuple(dict.fromkeys(_deferred_refs(ast))), frozenset(loaded)
 
 
 def _check_immediate(ast: nodes.Template, context: Mapping[str, Any]) -> None:
@@ -177,9 +184,9 @@ def render_string(source: str, context: Mapping[str, Any]) -> tuple[str, list[Te
     if refs:
         # Rendered later, when the plan knows the deferred values; the variables must exist now.
         _check_immediate(ast, context)
-        return source, refs
+        return source, list(refs)
     try:
-        return environment().from_string(ast).render(**context), []
+        return _compiled(source).render(**context), []
     except SecurityError as exc:
         raise TemplateProblem("template-unsafe", f"template is not allowed: {exc}") from None
     except UndefinedError as exc:
@@ -193,7 +200,7 @@ def render_deferred(source: str, context: Mapping[str, Any]) -> str:
     """Render a kept template once its deferred values (services, models, inputs, steps) are known."""
     analyse(source)
     try:
-        return environment().from_string(source).render(**context)
+        return _compiled(source).render(**context)
     except SecurityError as exc:
         raise TemplateProblem("template-unsafe", f"template is not allowed: {exc}") from None
     except UndefinedError as exc:
