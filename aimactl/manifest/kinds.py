@@ -1,7 +1,8 @@
 """The manifest kinds: Host, Model, Service, App and Pipeline, as pydantic v2 models.
 
-Field docstrings become the JSON Schema descriptions that `aimactl explain` and editors show, so they are
-written for the person writing the manifest. YAML keys are camelCase; Python attributes are snake_case.
+Field docstrings become the JSON Schema descriptions that `aimactl explain` and editors show (read by
+manifest/schema.py when a schema is built, not at import), so they are written for the person writing the
+manifest. YAML keys are camelCase; Python attributes are snake_case.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         alias_generator=to_camel,
-        use_attribute_docstrings=True,
     )
 
 
