@@ -388,7 +388,10 @@ def test_probe_reports_host_facts_and_creates_nothing(tmp_path: Path) -> None:
     assert 0 < facts["mem_available"] <= facts["mem_total"]
     assert facts["disk"]["path"] == str(data_dir) and facts["disk"]["exists"] is False
     assert 0 < facts["disk"]["free"] <= facts["disk"]["total"]
-    assert facts["gpus"] == [] and not (tmp_path / "data").exists()
+    # Without an NVIDIA driver: a normal answer saying why, not an error (parsed by aimactl/hosts/gpus.py).
+    assert facts["gpus"]["source"] in ("none", "nvml", "nvidia-smi")
+    assert facts["gpus"]["source"] != "none" or "nvidia-smi" in facts["gpus"]["note"]
+    assert not (tmp_path / "data").exists()
 
 
 def test_the_source_runs_through_python_c(tmp_path: Path) -> None:

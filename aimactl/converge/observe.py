@@ -114,6 +114,25 @@ def read_model_index(connections: Connections, host: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def observe_facts(connections: Connections, host: str) -> tuple[Any, str | None]:
+    """CPU, RAM, disk and GPU facts of a host (None and why when they cannot be read): in-process for the local
+    host, the helper's `probe` for others; AIMACTL_FAKE_NVML is honoured by aimactl/hosts/facts.py."""
+    from aimactl.hosts.connector import HelperError, HostUnreachable, call_helper
+    from aimactl.hosts.facts import collect_facts
+
+    info = connections.hosts[host]
+
+    def remote() -> Any:
+        return call_helper(connections.connector(host), info.python, connections.helper_path(host), "probe",
+                           {"data_dir": info.data_dir}, timeout=60)
+
+    try:
+        return collect_facts(host, info.data_dir, connections.environ,
+                             None if info.address == "local" else remote), None
+    except (RuntimeFailure, HelperError, HostUnreachable, OSError, ValueError) as exc:
+        return None, f"cannot read the hardware facts of {host}: {exc}"
+
+
 def observe_host(connections: Connections, stack: str, host: str, images: Iterable[str]) -> ObservedHost:
     """One host's observation; an unreachable host says why, a missing Docker engine only blocks Docker."""
     info = connections.hosts[host]
@@ -126,6 +145,7 @@ def observe_host(connections: Connections, stack: str, host: str, images: Iterab
     except RuntimeFailure as exc:
         seen.reachable, seen.error = False, str(exc)
         return seen
+    seen.facts, seen.facts_error = observe_facts(connections, host)
     try:
         docker = connections.runtime(host, "docker")
         managed, seen.others = docker.observe(stack)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aimactl.core import labels as L
+from aimactl.core.facts import HostFacts
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,10 @@ class ObservedHost:
     """Why the Docker engine could not be observed (processes and models may still be); None when it could."""
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The host's model cache index: Model name -> {source, sha256, size, path, fetched_at}."""
+    facts: HostFacts | None = None
+    """CPU, RAM, disk and GPU facts (aimactl/hosts/facts.py); None when not gathered."""
+    facts_error: str | None = None
+    """Why the facts could not be gathered (the host may still be reachable)."""
 
 
 @dataclass

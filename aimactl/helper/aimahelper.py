@@ -704,9 +704,105 @@ def verb_proc(params: dict) -> dict:
 # -- probe ------------------------------------------------------------------------------------------------------
 
 
-def probe_gpus() -> list:
-    """GPU facts. Empty for now: nvidia-smi / pynvml probing arrives with the HAL issue."""
-    return []
+NVIDIA_SMI_FIELDS = ("index", "uuid", "name", "memory.total", "memory.used", "memory.free", "utilization.gpu",
+                     "temperature.gpu", "power.draw", "power.limit", "driver_version", "mig.mode.current")
+NOT_SUPPORTED = "N/A"
+
+
+def _nvml_value(call, *args):
+    """One NVML query; NOT_SUPPORTED (unified memory, consumer boards) becomes "N/A", other failures None."""
+    import pynvml
+
+    try:
+        return call(*args)
+    except pynvml.NVMLError as exc:
+        return NOT_SUPPORTED if getattr(exc, "value", None) == pynvml.NVML_ERROR_NOT_SUPPORTED else None
+
+
+def _text(value):
+    """Old pynvml versions answer bytes."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _nvml_gpu(index: int) -> dict:
+    """Raw values of one GPU through NVML: bytes, percent, Celsius, milliwatts; parsed on the controller."""
+    import pynvml
+
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    memory = _nvml_value(pynvml.nvmlDeviceGetMemoryInfo, handle)
+    util = _nvml_value(pynvml.nvmlDeviceGetUtilizationRates, handle)
+    mig = _nvml_value(pynvml.nvmlDeviceGetMigMode, handle)
+    return {
+        "index": index, "uuid": _text(_nvml_value(pynvml.nvmlDeviceGetUUID, handle)),
+        "name": _text(_nvml_value(pynvml.nvmlDeviceGetName, handle)),
+        "memory_total": memory if memory in (None, NOT_SUPPORTED) else memory.total,
+        "memory_used": memory if memory in (None, NOT_SUPPORTED) else memory.used,
+        "memory_free": memory if memory in (None, NOT_SUPPORTED) else memory.free,
+        "utilization": util if util in (None, NOT_SUPPORTED) else util.gpu,
+        "temperature": _nvml_value(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU),
+        "power_draw_mw": _nvml_value(pynvml.nvmlDeviceGetPowerUsage, handle),
+        "power_limit_mw": _nvml_value(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle),
+        "mig_mode": mig if mig in (None, NOT_SUPPORTED) else ("Enabled" if mig[0] else "Disabled"),
+    }
+
+
+def _probe_nvml() -> dict:
+    """GPU facts through pynvml (raises ImportError without it, pynvml.NVMLError without a driver)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        driver = _nvml_value(pynvml.nvmlSystemGetDriverVersion)
+        cuda = _nvml_value(pynvml.nvmlSystemGetCudaDriverVersion_v2)
+        count = pynvml.nvmlDeviceGetCount()
+        return {"source": "nvml", "driver_version": _text(driver),
+                "cuda_driver_version": cuda, "gpus": [_nvml_gpu(i) for i in range(count)]}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _run_smi(argv: list) -> str:
+    """stdout of one nvidia-smi run (argv, never a shell); HelperError when it fails."""
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HelperError("nvidia-smi", f"{argv[0]}: {exc}") from None
+    if done.returncode != 0:
+        raise HelperError("nvidia-smi", (done.stdout + done.stderr).decode("utf-8", "replace").strip()[-300:])
+    return done.stdout.decode("utf-8", "replace")
+
+
+def _probe_smi(program: str) -> dict:
+    """GPU facts from nvidia-smi: the query CSV as text (parsed on the controller) and the banner's CUDA line."""
+    query = ["--query-gpu=" + ",".join(NVIDIA_SMI_FIELDS), "--format=csv,noheader,nounits"]
+    csv_text = _run_smi([program] + query)
+    banner = ""
+    try:  # only for the "CUDA Version: 12.4" line; its absence loses nothing else
+        banner = _run_smi([program])
+    except HelperError:
+        pass
+    cuda = re.search(r"CUDA Version\s*:\s*([0-9.]+)", banner)
+    return {"source": "nvidia-smi", "fields": list(NVIDIA_SMI_FIELDS), "csv": csv_text,
+            "cuda_version": cuda.group(1) if cuda else None}
+
+
+def probe_gpus() -> dict:
+    """Raw GPU facts: pynvml when importable, else nvidia-smi; no driver is `{"source": "none", "note": why}`.
+
+    Values stay raw (the controller parses them with one tested parser for every host)."""
+    try:
+        return _probe_nvml()
+    except ImportError:
+        note = "pynvml is not installed"
+    except Exception as exc:  # pynvml.NVMLError: no driver, library not found, no permission
+        note = f"NVML: {exc}"
+    program = shutil.which("nvidia-smi")
+    if program is None:
+        return {"source": "none", "note": note + "; nvidia-smi not found: no NVIDIA GPU driver"}
+    try:
+        return _probe_smi(program)
+    except HelperError as exc:
+        return {"source": "none", "note": note + "; nvidia-smi failed: " + exc.message}
 
 
 def meminfo() -> dict:
