@@ -89,4 +89,8 @@ def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: 
         if now > deadline:
             raise NotReady(f"not ready after {readiness.startup_timeout:g}s ({last_problem})"
                            + last_logs(runtime, container_id))
-        sleep(min(readiness.interval, MAX_POLL))
+        pause = min(readiness.interval, MAX_POLL)
+        if running_since is not None:
+            # Wake when the settle time is up, not on the next poll tick: a cold apply waits no longer than it must.
+            pause = min(pause, max(0.0, running_since + readiness.settle - now))
+        sleep(pause)
