@@ -87,4 +87,7 @@ def collect_facts(host: str, data_dir: str, environ: Mapping[str, str],
     fake = fake_source(environ, host)
     if fake is None:
         return facts_from_probe(result)
-    return facts_from_probe(result, fake.gpus(), f"fake:{Path(fake.path).name}")
+    gpus = fake.gpus()
+    # A unified-memory capture (GB10) carries its machine's RAM: there the GPU's memory is system memory.
+    result = {**result, **{k: gpus[k] for k in ("mem_total", "mem_available") if k in gpus}}
+    return facts_from_probe(result, gpus, f"fake:{Path(fake.path).name}")

@@ -107,10 +107,10 @@ def _header(row: Sequence[str]) -> list[str] | None:
     names = []
     for cell in row:
         match = _HEADER_FIELD.match(cell.strip())
-        if not match or match.group(1) not in SMI_FIELDS:
+        if not match:
             return None
         names.append(match.group(1))
-    return names
+    return names if any(n in SMI_FIELDS for n in names) else None
 
 
 def parse_smi_csv(text: str, fields: Sequence[str] | None = None) -> tuple[tuple[GpuFacts, ...], str | None]:
