@@ -258,6 +258,17 @@ app.add_typer(_models_app(), name="models", help="Inspect and clean the hosts' m
 
 
 @app.command()
+def hosts(
+    files: list[str] = OPT_FILES, var: list[str] = VARS, var_file: list[str] = VAR_FILES, allow_env: bool = ALLOW_ENV,
+    output: Output = typer.Option(Output.text, "-o", "--output", help="text or json."),
+) -> None:
+    """Show each host's CPUs, RAM, disk and GPUs (memory, utilisation, temperature, power, MIG, unified memory)."""
+    from aimactl.cli.hosts import hosts_command
+
+    hosts_command(_common(files, "default", var, var_file, allow_env, 4, [], [], [], True), output.value)
+
+
+@app.command()
 def version() -> None:
     """Print the aimactl version."""
     from aimactl import __version__
