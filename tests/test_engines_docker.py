@@ -14,6 +14,7 @@ import pytest
 from aimactl.converge.observe import resolve_hosts
 from aimactl.core.desired import build_desired, host_infos
 from aimactl.core.observed import Observed
+from aimactl.engines.catalog import load_engine
 from aimactl.manifest import load_manifests
 from aimactl.runtimes.docker import DockerRuntime
 
@@ -63,6 +64,12 @@ def test_engine_container_objects(engine: str, docker_engine: object, tmp_path: 
     model_path = next(arg for arg in want.container.command or [] if arg.startswith(model_mounts[0]["Target"]))
     assert model_path, "the engine's command names the model at its mount path"
     assert attrs["Config"]["Labels"]["dev.aima.spec-hash"] == want.spec_hash
+    shm = load_engine(engine).shm_size
+    if shm:  # the /dev/shm the engine's docs ask for reaches the container, and is part of its identity
+        assert attrs["HostConfig"]["ShmSize"] == shm
+        assert want.spec["resources"]["shm"] == shm
+    else:
+        assert "shm" not in want.spec["resources"]
 
 
 def test_ollama_container_objects(docker_engine: object, tmp_path: Path) -> None:

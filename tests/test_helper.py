@@ -250,6 +250,28 @@ def test_verify_hashes_reports_missing_and_mismatch(tmp_path: Path) -> None:
     assert path.exists()
 
 
+def test_cache_lists_model_directories_and_removes_only_inside_the_cache(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    (root / "qwen").mkdir(parents=True)
+    (root / "qwen" / "w.gguf").write_bytes(PAYLOAD)
+    (root / "index.json").write_text("{}")
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"x")
+    (root / "linked").symlink_to(outside)
+    listed = helper("cache", {"action": "list", "root": str(root)}).result
+    assert listed["entries"] == [{"name": "qwen", "path": str(root / "qwen"), "size": len(PAYLOAD)}]
+    for name in ("../precious", "/etc", "", ".."):
+        assert helper("cache", {"action": "remove", "root": str(root), "name": name}).error["code"] == "invalid-input"
+    assert helper("cache", {"action": "remove", "root": str(root), "name": "linked"}).error["code"] in (
+        "invalid-input", "missing")
+    assert (outside / "keep").exists()
+    assert helper("cache", {"action": "remove", "root": str(root), "name": "qwen"}).result["size"] == len(PAYLOAD)
+    assert not (root / "qwen").exists() and (root / "index.json").exists()
+    assert helper("cache", {"action": "list", "root": str(tmp_path / "none")}).result["entries"] == []
+    assert helper("cache", {"action": "list", "root": "models"}).error["code"] == "invalid-input"
+
+
 # -- proc --------------------------------------------------------------------------------------------------------
 
 SLEEPER = "import time; print('hello', flush=True); time.sleep(30)"

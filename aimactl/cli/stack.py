@@ -29,6 +29,7 @@ class Common:
     excludes: list[str] = field(default_factory=list)
     replace: list[str] = field(default_factory=list)
     allow_empty: bool = False
+    verify: bool = False
 
 
 def check_stack(stack: str) -> str:
@@ -61,7 +62,7 @@ def make_session(common: Common, manifests: Any, destroy: bool = False) -> Any:
     from aimactl.core.plan import PlanOptions
 
     options = PlanOptions(check_stack(common.stack), frozenset(common.replace), frozenset(common.targets),
-                          frozenset(common.excludes), common.allow_empty, destroy)
+                          frozenset(common.excludes), common.allow_empty, destroy, common.verify)
     return plan_stack(manifests, options, os.environ, common.parallelism)
 
 

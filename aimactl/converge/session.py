@@ -51,6 +51,10 @@ def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str,
     image_ids = {name: host.image_ids for name, host in observed.hosts.items()}
     desired = build_desired(options.stack, resources, observed, digests, image_ids, hosts,
                             environ.get("HF_ENDPOINT"))
+    if options.verify:
+        from aimactl.converge.models import verify_cached
+
+        verify_cached(connections, desired.models, observed)
     return Session(options.stack, plan(desired, observed, options), observed, connections, manifests.sources)
 
 

@@ -53,3 +53,5 @@ class ContainerSpec:
     nano_cpus: int | None = None
     gpus: GpuRequest | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    shm_size: int | None = None
+    """Bytes of /dev/shm (vLLM and SGLang share tensors through it; Docker's default is 64 MiB)."""

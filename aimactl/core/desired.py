@@ -307,6 +307,7 @@ def _container(stack: str, item: _Planned, replica: int, context: Mapping[str, A
         nano_cpus=int(spec.resources.cpus * 1e9) if spec.resources.cpus else None,
         gpus=_gpus(spec.resources.gpus),
         labels=dict(res.doc.metadata.labels),
+        shm_size=item.workload.shm_size,
     )
 
 

@@ -31,6 +31,8 @@ class DesiredModel:
     size: int | None = None
     token: str | None = None
     """Secret source (`env:NAME` / `file:PATH`) of an access token, read on the controller at fetch time."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of `hf://` and `modelscope://` sources; None for the others."""
 
 
 def model_address(name: str, host: str) -> str:
@@ -51,8 +53,9 @@ def desired_model(res: Resource, host: str, data_dir: str, hf_endpoint: str | No
     url = f"file://{source.path}" if source.scheme == "file" else download_url(source, hf_endpoint)
     size = units.parse_bytes(spec.size) if spec.size is not None else None
     token = secret_source(spec.token, res.base_dir) if spec.token is not None else None
+    revision = source.revision if source.scheme in ("hf", "modelscope") else None
     return DesiredModel(model_address(res.name, host), res.key, res.name, host, spec.source, url,
-                        cache_path(data_dir, res.name, source), spec.sha256, size, token)
+                        cache_path(data_dir, res.name, source), spec.sha256, size, token, revision)
 
 
 def model_infos(resources: Sequence[Resource], data_dir: str) -> dict[str, Any]:
@@ -80,4 +83,9 @@ def model_reason(want: DesiredModel, entry: Mapping[str, Any] | None) -> tuple[s
         return "replace", "sha256 changed"
     if entry.get("path") != want.path:
         return "replace", "cache path changed"
-    return "no-op", "cached"
+    if entry.get("missing"):
+        return "replace", f"the cached file {want.path} is missing on {want.host}"
+    found = entry.get("verified_sha256")
+    if found is not None and found != entry.get("sha256"):
+        return "replace", f"sha256 mismatch: expected {entry.get('sha256')}, found {found}"
+    return "no-op", "cached, verified" if found is not None else "cached"

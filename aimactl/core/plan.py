@@ -66,6 +66,8 @@ class PlanOptions:
     excludes: frozenset[str] = frozenset()
     allow_empty: bool = False
     destroy: bool = False
+    verify: bool = False
+    """Rehash cached model files on their hosts instead of trusting the cache index (observation does it)."""
 
 
 @dataclass

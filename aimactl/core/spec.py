@@ -53,7 +53,7 @@ def env_value(value: str | SecretEnv, secret_digests: Mapping[str, str]) -> str:
 
 def normalise(spec: ContainerSpec, image_id: str | None, secret_digests: Mapping[str, str]) -> dict[str, Any]:
     """The canonical, JSON-able form of a container spec (labels of identity excluded)."""
-    return {
+    out: dict[str, Any] = {
         "image": normalise_image(spec.image),
         "imageId": image_id,
         "command": list(spec.command) if spec.command is not None else None,
@@ -68,6 +68,10 @@ def normalise(spec: ContainerSpec, image_id: str | None, secret_digests: Mapping
         },
         "labels": dict(sorted(spec.labels.items())),
     }
+    if spec.shm_size is not None:
+        # Only when set: containers made before this field existed keep their hash.
+        out["resources"]["shm"] = spec.shm_size
+    return out
 
 
 def spec_hash(normalised: Mapping[str, Any]) -> str:

@@ -37,6 +37,10 @@ class Workload:
     warmup: Warmup | None = None
     argv_for_port: Callable[[int], tuple[str, ...]] | None = None
     """Native processes listen on their host port, known only once it is allocated."""
+    shm_size: int | None = None
+    """Bytes of /dev/shm the engine asks for in containers."""
+    pull: Warmup | None = None
+    """The request that makes the engine pull its model itself (Ollama), sent once it is healthy."""
 
 
 class Unsupported(Exception):
@@ -93,11 +97,11 @@ def _engine(res: Resource, model: Any, host: Any) -> Workload:
     if spec.runtime == "process":
         native: tuple[PublishedPort, ...] = (PublishedPort("127.0.0.1", spec.port or 0, 0),)
         return Workload(f"native:{first.argv[0]}", tuple(first.argv), native, health, None, "process",
-                        dict(first.env), (), (), warmup, lambda port: tuple(rendered(port).argv))
+                        dict(first.env), (), (), warmup, lambda port: tuple(rendered(port).argv), pull=first.pull)
     inner = spec.container_port or first.container_port
     ports = (PublishedPort("", spec.port or 0, inner),) if inner else ()
     return Workload(first.image or "", tuple(first.argv) or None, ports, health, inner, "docker", dict(first.env),
-                    tuple(first.mounts), (), warmup)
+                    tuple(first.mounts), (), warmup, shm_size=first.shm_size, pull=first.pull)
 
 
 def render_workload(res: Resource, models: Mapping[str, Any], host: Any) -> Workload:

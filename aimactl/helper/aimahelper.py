@@ -4,7 +4,8 @@
 Run as ``python3 aimahelper.py VERB`` or ``python3 -c "<this source>" VERB``. The input is one JSON object on
 stdin; the output is JSON lines on stdout: zero or more ``{"event": ...}`` lines, then exactly one final line,
 ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {"code": ..., "message": ...}}``. The exit code is 0
-when ok and 1 otherwise. Verbs: fetch, verify, proc, probe. Standard library only, python3 >= 3.8, never a shell.
+when ok and 1 otherwise. Verbs: fetch, verify, cache, proc, probe. Standard library only, python3 >= 3.8, never a
+shell.
 The protocol is specified in specs/helper.md of the aimactl repository.
 """
 
@@ -21,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -487,6 +489,54 @@ def verb_verify(params: dict) -> dict:
     return {"path": path, "size": size, "sha256": actual}
 
 
+# -- cache: what a host's model cache holds, and removing one model from it --------------------------------------
+
+
+def tree_size(path: str) -> int:
+    """Bytes of the regular files under path (symbolic links are not followed)."""
+    total = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                info = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
+
+
+def cache_entry(root: str, name: str) -> str:
+    """root/name for a model directory name; refuses names that are not one plain entry of root."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise HelperError("invalid-input", f"model directory name {name!r} must match [a-z0-9][-a-z0-9.]*")
+    path = os.path.join(root, name)
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(root):
+        raise HelperError("invalid-input", f"{path} is outside the model cache {root}")
+    return path
+
+
+def verb_cache(params: dict) -> dict:
+    """list: the model directories under root with their sizes; remove: delete root/NAME (never a path)."""
+    action = param(params, "action", (str,))
+    root = os.path.expanduser(param(params, "root", (str,)))
+    if not os.path.isabs(root):
+        raise HelperError("invalid-input", f"field 'root' must be an absolute path, got {root!r}")
+    if action == "list":
+        names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        entries = [{"name": name, "path": os.path.join(root, name), "size": tree_size(os.path.join(root, name))}
+                   for name in names if NAME_RE.match(name) and os.path.isdir(os.path.join(root, name))
+                   and not os.path.islink(os.path.join(root, name))]
+        return {"root": root, "entries": entries}
+    if action == "remove":
+        path = cache_entry(root, param(params, "name", (str,)))
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise HelperError("missing", f"no model directory {path}")
+        size = tree_size(path)
+        shutil.rmtree(path)
+        return {"path": path, "size": size}
+    raise HelperError("invalid-input", f"unknown cache action {action!r} (list, remove)")
+
+
 # -- proc: detached processes with pidfile, log and exit status ---------------------------------------------------
 
 
@@ -841,7 +891,7 @@ def verb_probe(params: dict) -> dict:
 
 # -- entry point ------------------------------------------------------------------------------------------------
 
-VERBS = {"fetch": verb_fetch, "verify": verb_verify, "proc": verb_proc, "probe": verb_probe}
+VERBS = {"fetch": verb_fetch, "verify": verb_verify, "cache": verb_cache, "proc": verb_proc, "probe": verb_probe}
 
 
 def read_input() -> dict:

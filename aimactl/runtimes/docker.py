@@ -285,6 +285,8 @@ def _host_config_args(spec: ContainerSpec) -> dict[str, Any]:
         args["mem_limit"] = spec.memory
     if spec.nano_cpus is not None:
         args["nano_cpus"] = spec.nano_cpus
+    if spec.shm_size is not None:
+        args["shm_size"] = spec.shm_size
     requests = _device_requests(spec.gpus)
     if requests:
         args["device_requests"] = requests

@@ -1,0 +1,155 @@
+"""The model cache as a user meets it through the CLI: `plan/apply --verify` catching a file changed on disk,
+the hub revision in the index and in `models ls`, and `models ls|gc` going through the host's helper."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+WEIGHTS = bytes(range(256)) * 4096  # 1 MiB
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[str]:
+    """A local stand-in for a Hugging Face endpoint: files at /ORG/REPO/resolve/REVISION/FILE."""
+    root = tmp_path / "hub"
+    (root / "org" / "repo" / "resolve" / "v1.0").mkdir(parents=True)
+    (root / "org" / "repo" / "resolve" / "v1.0" / "w.bin").write_bytes(WEIGHTS[::-1])
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _run(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "AIMACTL_STATE_DIR": str(tmp / "state"), "NO_COLOR": "1", "COLUMNS": "200",
+               "DOCKER_HOST": f"unix://{tmp}/no-docker.sock", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "aimactl", *args], capture_output=True, text=True, env=environ,
+                          timeout=120)
+
+
+def _manifest(tmp: Path, models: dict[str, str]) -> Path:
+    """A Host with its data dir, the Models, and one process Service using each (only the Models are applied)."""
+    docs = ["apiVersion: aima.dev/v1\nkind: Host\nmetadata: {name: local}\n"
+            f"spec: {{address: local, dataDir: '{tmp}/data', python: '{sys.executable}'}}\n"]
+    for name, source in models.items():
+        docs.append(f"apiVersion: aima.dev/v1\nkind: Model\nmetadata: {{name: {name}}}\nspec: {{source: '{source}'}}\n")
+        docs.append(f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: use-{name}}}\n"
+                    f"spec: {{engine: custom, runtime: process, model: {name}, command: [sleep, '300']}}\n")
+    path = tmp / "stack.yaml"
+    path.write_text("---\n".join(docs))
+    return path
+
+
+def _model_change(tmp: Path, manifest: Path, *flags: str) -> dict:
+    planned = _run(tmp, "plan", "-f", str(manifest), "-o", "json", *flags)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    [change] = [c for c in json.loads(planned.stdout)["changes"] if c["address"].startswith("model.")]
+    return dict(change)
+
+
+def test_verify_rehashes_and_refetches_a_cached_file_changed_on_disk(tmp_path: Path) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(WEIGHTS)
+    manifest = _manifest(tmp_path, {"m": f"file://{source}"})
+    fetched = _run(tmp_path, "apply", "-f", str(manifest), "--target", "model/m", "--auto-approve")
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    cached = tmp_path / "data" / "models" / "m" / "weights.bin"
+    good = hashlib.sha256(WEIGHTS).hexdigest()
+    assert (_model_change(tmp_path, manifest, "--verify")["reason"]) == "cached, verified"
+
+    corrupted = bytearray(cached.read_bytes())
+    corrupted[1000] ^= 0xFF
+    cached.write_bytes(bytes(corrupted))
+    bad = hashlib.sha256(corrupted).hexdigest()
+    trusted = _model_change(tmp_path, manifest)
+    assert (trusted["actions"], trusted["reason"]) == (["no-op"], "cached"), "without --verify the index is trusted"
+    checked = _model_change(tmp_path, manifest, "--verify")
+    assert checked["actions"] == ["replace"], checked
+    assert checked["reason"] == f"sha256 mismatch: expected {good}, found {bad}"
+    text = _run(tmp_path, "plan", "-f", str(manifest), "--verify")
+    assert f"# model.m@local will be replaced: sha256 mismatch: expected {good}, found {bad}" in text.stdout
+
+    repaired = _run(tmp_path, "apply", "-f", str(manifest), "--target", "model/m", "--verify", "--auto-approve")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "model.m@local: done" in repaired.stdout
+    assert cached.read_bytes() == WEIGHTS
+    assert _model_change(tmp_path, manifest, "--verify")["reason"] == "cached, verified"
+
+
+def test_verify_notices_a_cached_file_that_was_deleted(tmp_path: Path) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(WEIGHTS)
+    manifest = _manifest(tmp_path, {"m": f"file://{source}"})
+    assert _run(tmp_path, "apply", "-f", str(manifest), "--target", "model/m", "--auto-approve").returncode == 0
+    cached = tmp_path / "data" / "models" / "m" / "weights.bin"
+    cached.unlink()
+    change = _model_change(tmp_path, manifest, "--verify")
+    assert change["reason"] == f"the cached file {cached} is missing on local"
+
+
+def test_hub_revision_is_recorded_and_listed(tmp_path: Path, hub: str) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(WEIGHTS)
+    manifest = _manifest(tmp_path, {"hubbed": "hf://org/repo/w.bin@v1.0", "local": f"file://{source}"})
+    env = {"HF_ENDPOINT": hub}
+    fetched = _run(tmp_path, "apply", "-f", str(manifest), "--target", "model/hubbed", "--target", "model/local",
+                   "--auto-approve", env=env)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    index = json.loads((tmp_path / "data" / "models" / "index.json").read_text())
+    assert {name: entry["revision"] for name, entry in index.items()} == {"hubbed": "v1.0", "local": None}
+    listed = json.loads(_run(tmp_path, "models", "ls", "-f", str(manifest), "-o", "json").stdout)
+    assert [(m["name"], m["revision"], m["size"]) for m in listed] == [("hubbed", "v1.0", len(WEIGHTS)),
+                                                                        ("local", None, len(WEIGHTS))]
+    table = _run(tmp_path, "models", "ls", "-f", str(manifest)).stdout
+    assert "REVISION" in table
+    [row] = [line for line in table.splitlines() if line.startswith("hubbed")]
+    assert "hf://org/repo/w.bin@v1.0" in row and " v1.0 " in row
+
+
+def test_gc_lists_and_removes_unreferenced_models_through_the_helper(tmp_path: Path) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(WEIGHTS)
+    manifest = _manifest(tmp_path, {"keep": f"file://{source}", "drop": f"file://{source}"})
+    fetched = _run(tmp_path, "apply", "-f", str(manifest), "--target", "model/keep", "--target", "model/drop",
+                   "--auto-approve")
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "file").write_text("not a model")
+    # A link in the cache pointing elsewhere is not a model directory: gc neither lists nor follows it.
+    (tmp_path / "data" / "models" / "linked").symlink_to(outside)
+    keep_manifest = tmp_path / "keep.yaml"
+    keep_manifest.write_text(manifest.read_text().split("---")[0] + "---\n" + "---\n".join(
+        doc for doc in manifest.read_text().split("---\n")[1:] if "keep" in doc))
+
+    refused = _run(tmp_path, "models", "gc", "-f", str(keep_manifest))
+    assert refused.returncode == 1 and "no terminal to ask on" in refused.stderr
+    drop_dir = tmp_path / "data" / "models" / "drop"
+    assert f"{drop_dir} on local (1.0 MiB)" in refused.stdout and "linked" not in refused.stdout
+    assert drop_dir.is_dir()
+
+    collected = _run(tmp_path, "models", "gc", "-f", str(keep_manifest), "--yes")
+    assert collected.returncode == 0 and "Removed 1 cached model(s)." in collected.stdout, collected.stdout
+    assert not drop_dir.exists() and (outside / "file").exists()
+    listed = json.loads(_run(tmp_path, "models", "ls", "-f", str(keep_manifest), "-o", "json").stdout)
+    assert [m["name"] for m in listed] == ["keep"]
+    nothing = _run(tmp_path, "models", "gc", "-f", str(keep_manifest), "--yes")
+    assert nothing.returncode == 0 and "Nothing to remove" in nothing.stdout
