@@ -8,19 +8,26 @@ Each host is observed through its runtimes; a host that cannot be reached become
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import posixpath
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aimactl.core.desired import HostInfo
 from aimactl.core.observed import Observed, ObservedHost
 from aimactl.hosts.connector import Connector
 from aimactl.runtimes import Runtime, RuntimeFailure
 from aimactl.runtimes.docker import DockerRuntime
-from aimactl.runtimes.engine_api import docker_endpoint
+from aimactl.runtimes.engine_api import DEFAULT_ENDPOINT, docker_endpoint
 from aimactl.runtimes.process import ProcessRuntime
+
+if TYPE_CHECKING:
+    from aimactl.hosts.forward import SocketForwarder
+    from aimactl.hosts.ssh import SshConnector
 
 ENGINE_PROGRAMS = ("llama-server", "vllm", "ollama", "text-generation-launcher")
 ENGINE_MODULES = ("llama_cpp", "vllm", "sglang")
@@ -56,48 +63,115 @@ def resolve_hosts(hosts: Mapping[str, HostInfo], engine_facts: bool = True) -> d
 
 
 class Connections:
-    """One connector and one set of runtimes per host for the length of a command."""
+    """One connector and one set of runtimes per host for the length of a command.
 
-    def __init__(self, hosts: Mapping[str, HostInfo], environ: Mapping[str, str]):
+    SSH hosts get one `SshConnector` each (one connection, opened on first use), the helper uploaded once under
+    `<dataDir>/helper/` and their Docker engine forwarded to a private local socket. `~` in an SSH host's dataDir
+    is resolved against the remote home when the host is first reached, in `hosts` too.
+    """
+
+    def __init__(self, hosts: Mapping[str, HostInfo], environ: Mapping[str, str], accept_new_host_keys: bool = False):
         self.hosts = dict(hosts)
         self.environ = environ
+        self.accept_new_host_keys = accept_new_host_keys
         self._runtimes: dict[tuple[str, str], Any] = {}
+        self._connectors: dict[str, SshConnector] = {}
+        self._helpers: dict[str, str] = {}
+        self._forwarders: dict[str, SocketForwarder] = {}
+        self._lock = threading.Lock()
 
     def connector(self, host: str) -> Connector:
-        """How the host is reached; SSH hosts arrive with the fleet work and are refused clearly."""
+        """How the host is reached: the local connector, or the host's SSH connection (connected here, so a
+        host that cannot be reached raises HostUnreachable naming it and the reason)."""
         info = self.hosts[host]
-        if info.address != "local":
-            raise RuntimeFailure(f"host {host} ({info.address}): SSH hosts are not supported by this version yet")
-        from aimactl.hosts.local import LocalConnector
+        if info.address == "local":
+            from aimactl.hosts.local import LocalConnector
 
-        return LocalConnector()
+            return LocalConnector()
+        with self._lock:
+            if host not in self._connectors:
+                from aimactl.hosts.ssh import SshConnector
+
+                self._connectors[host] = SshConnector(host, info.address, info.identity_file, info.known_hosts,
+                                                      self.accept_new_host_keys)
+            connector = self._connectors[host]
+        connector.transport()
+        if info.data_dir == "~" or info.data_dir.startswith("~/"):
+            self.hosts[host] = dataclasses.replace(info, data_dir=connector.expand(info.data_dir))
+        return connector
+
+    def ssh(self, host: str) -> SshConnector:
+        """The SSH connection of an SSH host (connected)."""
+        self.connector(host)
+        return self._connectors[host]
 
     def helper_path(self, host: str) -> str:
-        """Where the helper script is on the host (the packaged file, for the local host)."""
-        from aimactl.helper import helper_file
+        """Where the helper script is on the host: the packaged file locally; on an SSH host
+        `<dataDir>/helper/aimahelper-<sha256[:12]>.py`, uploaded once per command unless already there."""
+        from aimactl.helper import helper_file, helper_source
 
-        return helper_file()
+        if self.hosts[host].address == "local":
+            return helper_file()
+        if host not in self._helpers:
+            connector = self.ssh(host)
+            source = helper_source().encode()
+            digest = hashlib.sha256(source).hexdigest()[:12]
+            path = posixpath.join(self.hosts[host].data_dir, "helper", f"aimahelper-{digest}.py")
+            if not connector.exists(path):
+                try:
+                    connector.put(source, path, 0o644)
+                except OSError as exc:
+                    raise RuntimeFailure(str(exc)) from None
+            self._helpers[host] = path
+        return self._helpers[host]
+
+    def docker_url(self, host: str) -> str:
+        """The Docker endpoint for a host's runtime: DOCKER_HOST or the host's `docker:` locally; for an SSH host
+        a private local socket forwarded over its SSH connection to `docker:` (default /var/run/docker.sock)."""
+        info = self.hosts[host]
+        if info.address == "local":
+            return info.docker or docker_endpoint(self.environ.get("DOCKER_HOST"))
+        with self._lock:
+            forwarder = self._forwarders.get(host)
+        if forwarder is None:
+            from aimactl.hosts.forward import SocketForwarder
+
+            remote = (info.docker or DEFAULT_ENDPOINT).removeprefix("unix://")
+            if "://" in remote:
+                raise RuntimeFailure(f"host {host}: docker endpoint {info.docker!r} must be a unix socket path "
+                                     "on that host (it is reached over SSH)")
+            connector, python, helper = self.ssh(host), info.python, self.helper_path(host)
+            forwarder = SocketForwarder(host, lambda: connector.exec([python, helper, "dial", remote]))
+            with self._lock:
+                self._forwarders[host] = forwarder
+        return str(forwarder.url)
 
     def runtime(self, host: str, kind: str = "docker") -> Runtime:
         """The Docker or process runtime of a host."""
         key = (host, kind)
         if key not in self._runtimes:
+            connector = self.connector(host)
             info = self.hosts[host]
             if kind == "process":
                 state_dir = os.path.join(info.data_dir, "proc")
-                self._runtimes[key] = ProcessRuntime(self.connector(host), info.python, self.helper_path(host),
-                                                     state_dir)
+                self._runtimes[key] = ProcessRuntime(connector, info.python, self.helper_path(host), state_dir)
             else:
-                self.connector(host)
-                self._runtimes[key] = DockerRuntime(docker_endpoint(self.environ.get("DOCKER_HOST")))
+                self._runtimes[key] = DockerRuntime(self.docker_url(host))
         runtime: Runtime = self._runtimes[key]
         return runtime
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every runtime, forwarder and connection."""
         for runtime in self._runtimes.values():
             runtime.close()
         self._runtimes.clear()
+        for forwarder in self._forwarders.values():
+            forwarder.close()
+        self._forwarders.clear()
+        for connector in self._connectors.values():
+            connector.close()
+        self._connectors.clear()
+        self._helpers.clear()
 
 
 def model_index_path(info: HostInfo) -> str:

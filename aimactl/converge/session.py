@@ -40,16 +40,18 @@ class Session:
 
 
 def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str, str],
-               parallelism: int = 4) -> Session:
-    """Observe the hosts the manifests name and plan against them."""
+               parallelism: int = 4, accept_new_host_keys: bool = False) -> Session:
+    """Observe the hosts the manifests name and plan against them (`accept_new_host_keys`: record unknown SSH
+    host keys, as OpenSSH accept-new)."""
     resources = manifests.resources
     native = any(r.kind == "Service" and r.spec.runtime == "process" and r.spec.engine != "custom" for r in resources)
     hosts = resolve_hosts(host_infos(resources), engine_facts=native)
-    connections = Connections(hosts, environ)
+    connections = Connections(hosts, environ, accept_new_host_keys)
     observed = observe(connections, options.stack, images_of(resources), parallelism)
     digests = secrets.digests(options.stack, secrets.secret_sources_in(resources), environ)
     image_ids = {name: host.image_ids for name, host in observed.hosts.items()}
-    desired = build_desired(options.stack, resources, observed, digests, image_ids, hosts,
+    # connections.hosts: SSH hosts' `~` in dataDir now resolved against their remote home.
+    desired = build_desired(options.stack, resources, observed, digests, image_ids, connections.hosts,
                             environ.get("HF_ENDPOINT"))
     if options.verify:
         from aimactl.converge.models import verify_cached
@@ -141,4 +143,3 @@ def stack_lock(stack: str, operation: str, wait: float, environ: Mapping[str, st
             yield store
     finally:
         store.close()
-

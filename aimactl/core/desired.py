@@ -43,6 +43,12 @@ class HostInfo:
     """Engine programs found on the host (llama-server ...); None when not probed."""
     python_modules: frozenset[str] | None = None
     """Engine Python modules importable by the host's python (llama_cpp ...); None when not probed."""
+    identity_file: str | None = None
+    """SSH private key (None: ssh-agent and default keys)."""
+    known_hosts: str | None = None
+    """known_hosts file for strict host key checking (None: ~/.ssh/known_hosts)."""
+    docker: str | None = None
+    """The Docker endpoint on the host (None: its default socket, or DOCKER_HOST for the local host)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,9 @@ def host_infos(resources: Sequence[Resource]) -> dict[str, HostInfo]:
         url_host = url_host.rsplit(":", 1)[0] if url_host.count(":") == 1 else url_host
         hosts[res.name] = HostInfo(res.name, spec.address, url_host, spec.data_dir,
                                    units.parse_port_range(spec.port_range),
-                                   {**res.doc.metadata.labels, **spec.labels}, spec.python)
+                                   {**res.doc.metadata.labels, **spec.labels}, spec.python,
+                                   identity_file=spec.identity_file, known_hosts=spec.known_hosts,
+                                   docker=spec.docker)
     return hosts or {IMPLICIT_HOST: HostInfo(IMPLICIT_HOST)}
 
 
@@ -378,5 +386,3 @@ def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
                 where, item.res.key, kind, name, replica, item.host, container, normalised, digest,
                 tuple(sorted(desired.edges.get(item.res.key, ()))), _readiness(item, replica), runtime))
     return desired
-
-

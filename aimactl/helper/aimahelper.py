@@ -889,9 +889,93 @@ def verb_probe(params: dict) -> dict:
     return facts
 
 
+# -- lock / unlock: one controller at a time per host; dial: a unix socket on stdin/stdout -----------------------
+
+
+def lock_guard(path: str) -> object:
+    """An exclusive flock on PATH.guard, held while a lock file is read and replaced (released on close)."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    guard = open(path + ".guard", "a")
+    fcntl.flock(guard, fcntl.LOCK_EX)
+    return guard
+
+
+def verb_lock(params: dict) -> dict:
+    """Take (or refresh, same token) the lock at path; a live lock of another token fails with code `locked`."""
+    path, token = abs_path(params, "path"), param(params, "token", (str,))
+    ttl = number(params, "ttl", 300)
+    with lock_guard(path):
+        current = read_json(path)
+        now = time.time()
+        live = current is not None and float(current.get("expires_at", 0)) > now
+        if live and current.get("token") != token:
+            who = {k: current.get(k) for k in ("holder", "pid", "hostname", "acquired", "expiry")}
+            raise HelperError("locked", f"held by {who['holder']} (pid {who['pid']} on {who['hostname']}) since "
+                                        f"{who['acquired']}, until {who['expiry']}", holder=who)
+        refreshed = live and current.get("token") == token
+        record = {"holder": param(params, "holder", (str,)), "pid": param(params, "pid", (int,), None),
+                  "hostname": param(params, "hostname", (str,), None), "token": token,
+                  "acquired": current["acquired"] if refreshed else now_iso(), "expires_at": now + ttl,
+                  "expiry": datetime.datetime.fromtimestamp(now + ttl, datetime.timezone.utc)
+                  .isoformat(timespec="seconds").replace("+00:00", "Z")}
+        write_json_atomic(path, record)
+    stale = None if live or current is None else {k: current.get(k) for k in ("holder", "expiry")}
+    return {"path": path, "expiry": record["expiry"], "took_over": stale}
+
+
+def verb_unlock(params: dict) -> dict:
+    """Release the lock at path when this token holds it; another holder's lock is left alone."""
+    path, token = abs_path(params, "path"), param(params, "token", (str,))
+    with lock_guard(path):
+        current = read_json(path)
+        if current is None or current.get("token") != token:
+            return {"released": False, "holder": current.get("holder") if current else None}
+        remove(path)
+    return {"released": True}
+
+
+def dial(argv: list) -> int:
+    """`dial SOCKET`: connect stdin/stdout to a unix socket (the Docker engine's) until either side ends.
+
+    Not a JSON verb: the bytes on stdin and stdout are the socket's. Failures go to stderr with exit code 1.
+    """
+    if len(argv) != 1:
+        sys.stderr.write("usage: aimahelper.py dial SOCKET\n")
+        return 2
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(argv[0])
+    except OSError as exc:
+        sys.stderr.write(f"cannot connect to {argv[0]}: {exc.strerror or exc}\n")
+        return 1
+
+    def upstream() -> None:
+        try:
+            while True:
+                data = os.read(0, CHUNK)
+                if not data:
+                    break
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, daemon=True).start()
+    while True:
+        data = sock.recv(CHUNK)
+        if not data:
+            return 0
+        view = memoryview(data)
+        while view:
+            view = view[os.write(1, view):]
+
+
 # -- entry point ------------------------------------------------------------------------------------------------
 
-VERBS = {"fetch": verb_fetch, "verify": verb_verify, "cache": verb_cache, "proc": verb_proc, "probe": verb_probe}
+VERBS = {"fetch": verb_fetch, "verify": verb_verify, "cache": verb_cache, "proc": verb_proc, "probe": verb_probe,
+         "lock": verb_lock, "unlock": verb_unlock}
 
 
 def read_input() -> dict:
@@ -909,6 +993,8 @@ def main(argv: list) -> int:
     """Run one verb; every outcome, a bug included, is one final JSON line on stdout."""
     try:
         verb = argv[1] if len(argv) > 1 else ""
+        if verb == "dial":
+            return dial(argv[2:])
         if verb not in VERBS:
             raise HelperError("unknown-verb", f"unknown verb {verb!r} ({', '.join(sorted(VERBS))})")
         result = VERBS[verb](read_input())

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aimactl.runtimes import RuntimeFailure
 
-class HostUnreachable(Exception):
-    """A host could not be reached; the message names it and the reason."""
+
+class HostUnreachable(RuntimeFailure):
+    """A host could not be reached; the message names it and the reason (a RuntimeFailure like any effect)."""
 
 
 @dataclass

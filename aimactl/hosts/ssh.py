@@ -1,0 +1,356 @@
+"""SSH hosts: the connector protocol over one paramiko connection per host, with strict host key checking.
+
+One `SshConnector` holds one SSH transport for the length of a command (commands, SFTP and the Docker socket
+forwarder all open channels on it) and sends keepalives. Host keys are checked against a known_hosts file like
+OpenSSH's `StrictHostKeyChecking yes`; `accept_new` behaves as `accept-new` (an unknown key is recorded, a
+changed key is never accepted). Commands are argv lists joined with `shlex.quote` per argument, because the
+remote side of an exec channel is a shell. paramiko is imported only when a connection is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import os
+import posixpath
+import re
+import shlex
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aimactl.hosts.connector import Completed, HostUnreachable
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+CONNECT_TIMEOUT_S = 10.0
+KEEPALIVE_S = 15
+ADDRESS_RE = re.compile(r"ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d{1,5}))?")
+
+
+class HostKeyError(HostUnreachable):
+    """The host's key is unknown (not accepted) or changed; the message names the host and the fingerprints."""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where `ssh://user@host:port` points."""
+
+    user: str
+    host: str
+    port: int
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name OpenSSH uses in known_hosts: `host` on port 22, `[host]:port` otherwise."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def parse_address(address: str) -> SshTarget:
+    """`ssh://user@host:port` (user defaults to the local user, port to 22); ValueError when malformed."""
+    match = ADDRESS_RE.fullmatch(address)
+    if not match:
+        raise ValueError(f"{address!r} is not an ssh://user@host[:port] address")
+    port = int(match["port"] or 22)
+    if not 0 < port < 65536:
+        raise ValueError(f"{address!r}: port {port} is out of range")
+    return SshTarget(match["user"] or getpass.getuser(), match["host"].strip("[]"), port)
+
+
+def fingerprint(key: Any) -> str:
+    """OpenSSH's fingerprint of a host key: `SHA256:` and the unpadded base64 of the key blob's digest."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """One shell-safe command line: every argument quoted on its own, so no value is ever interpreted."""
+    if not argv:
+        raise ValueError("empty command")
+    return " ".join(shlex.quote(str(arg)) for arg in argv)
+
+
+class SshConnector:
+    """One SSH host reached through one reused paramiko connection (opened on first use, thread-safe)."""
+
+    def __init__(self, name: str, address: str, identity_file: str | None = None, known_hosts: str | None = None,
+                 accept_new: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S):
+        self.name = name
+        self.address = address
+        self.target = parse_address(address)
+        self.identity_file = os.path.expanduser(identity_file) if identity_file else None
+        self.known_hosts = os.path.expanduser(known_hosts or DEFAULT_KNOWN_HOSTS)
+        self.accept_new = accept_new
+        self.connect_timeout = connect_timeout
+        self._client: Any = None
+        self._sftp: Any = None
+        self._home: str | None = None
+        self._lock = threading.RLock()
+        self._sftp_lock = threading.Lock()
+
+    # -- the connection ---------------------------------------------------------------------------------------
+
+    def transport(self) -> Any:
+        """The live paramiko Transport, connecting (or reconnecting after a drop) when needed."""
+        with self._lock:
+            if self._client is not None:
+                transport = self._client.get_transport()
+                if transport is not None and transport.is_active():
+                    return transport
+                self._drop()
+            self._client = self._connect()
+            transport = self._client.get_transport()
+            transport.set_keepalive(KEEPALIVE_S)
+            return transport
+
+    def _connect(self) -> Any:
+        """Open and authenticate the connection; every failure becomes HostUnreachable naming host and reason."""
+        import logging
+
+        import paramiko
+
+        # Failures are reported as one line each; paramiko's own log would add tracebacks on stderr.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
+        client = paramiko.SSHClient()
+        if os.path.exists(self.known_hosts):
+            try:
+                client.load_host_keys(self.known_hosts)
+            except (OSError, paramiko.SSHException) as exc:
+                raise self._unreachable(f"cannot read known_hosts file {self.known_hosts}: {exc}") from None
+        client.set_missing_host_key_policy(_UnknownKeyPolicy(self))
+        target = self.target
+        try:
+            client.connect(target.host, port=target.port, username=target.user, key_filename=self.identity_file,
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout, allow_agent=True,
+                           look_for_keys=self.identity_file is None)
+        except HostKeyError:
+            client.close()
+            raise
+        except BaseException as exc:
+            client.close()
+            raise self._connect_error(exc) from None
+        return client
+
+    def _connect_error(self, exc: BaseException) -> HostUnreachable:
+        """A connection failure as one line: timeout, refused, authentication, changed host key ..."""
+        import paramiko
+
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return HostKeyError(
+                f"host {self.name} ({self._where()}): the host key CHANGED: known_hosts {self.known_hosts} has "
+                f"{fingerprint(exc.expected_key)}, the host offers {fingerprint(exc.key)}. Refusing to connect: "
+                "this may be an attack, or the host was reinstalled. If you are sure, remove the old line "
+                f"(ssh-keygen -R '{self.target.known_hosts_name}' -f {self.known_hosts}) and accept the new key.")
+        if isinstance(exc, paramiko.PasswordRequiredException):
+            reason = f"identity file {self.identity_file} is encrypted: load it into ssh-agent"
+        elif isinstance(exc, paramiko.AuthenticationException):
+            keys = f"identity file {self.identity_file}" if self.identity_file else "ssh-agent and ~/.ssh/id_* keys"
+            reason = f"authentication failed as {self.target.user} (tried {keys})"
+        elif isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            causes = list(exc.errors.values())
+            refused = causes and all(isinstance(c, ConnectionRefusedError) for c in causes)
+            reason = "connection refused" if refused else "cannot connect: " + "; ".join(map(str, causes))
+        elif isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(exc, (socket.timeout, TimeoutError)):
+            reason = f"connection timed out after {self.connect_timeout:g} s"
+        elif isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve {self.target.host}: {exc.strerror}"
+        elif isinstance(exc, FileNotFoundError):
+            reason = f"identity file {self.identity_file} not found"
+        elif isinstance(exc, (OSError, EOFError, paramiko.SSHException)):
+            reason = str(exc) or type(exc).__name__
+        else:
+            raise exc
+        return self._unreachable(reason)
+
+    def _where(self) -> str:
+        return f"{self.target.user}@{self.target.host}:{self.target.port}"
+
+    def _unreachable(self, reason: str) -> HostUnreachable:
+        return HostUnreachable(f"host {self.name} ({self._where()}) is unreachable: {reason}")
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = self._sftp = None
+
+    # -- the connector protocol -------------------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], stdin: bytes = b"",
+            timeout: float | None = None) -> tuple[Iterator[str], Callable[[], Completed]]:
+        """Start `argv` on the host (each argument shell-quoted); stdout lines stream while it runs."""
+        channel = self.exec(argv, timeout)
+        try:
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except OSError as exc:
+            channel.close()
+            raise self._unreachable(f"lost the connection while sending input: {exc}") from None
+        stdout, stderr = channel.makefile("rb"), channel.makefile_stderr("rb")
+
+        def lines() -> Iterator[str]:
+            try:
+                for raw in stdout:
+                    yield raw.decode("utf-8", "replace")
+            except TimeoutError:
+                channel.close()
+                raise self._unreachable(f"{argv[0]} gave no output for {timeout:g} s") from None
+
+        def wait() -> Completed:
+            if not channel.status_event.wait(timeout):
+                channel.close()
+                raise self._unreachable(f"{argv[0]} did not finish within {timeout:g} s")
+            code = channel.recv_exit_status()
+            err = stderr.read().decode("utf-8", "replace")
+            channel.close()
+            return Completed(code, err if code != -1 else err + "\nthe SSH connection closed before the end")
+
+        return lines(), wait
+
+    def exec(self, argv: Sequence[str], timeout: float | None = None) -> Any:
+        """Open a channel running `argv` (quoted) and return it: for byte streams such as the Docker socket."""
+        import paramiko
+
+        line = command_line(argv)
+        for attempt in (1, 2):
+            transport = self.transport()
+            try:
+                channel = transport.open_session(timeout=self.connect_timeout)
+                channel.settimeout(timeout)
+                channel.exec_command(line)
+                return channel
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if attempt == 2 or transport.is_active():
+                    raise self._unreachable(f"cannot start a command: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def put(self, data: bytes, path: str, mode: int = 0o600) -> None:
+        """Write atomically over SFTP: a temporary file beside the target, then a POSIX rename."""
+        target = self.expand(path)
+        tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex[:8]}")
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            try:
+                self._makedirs(sftp, posixpath.dirname(target))
+                with sftp.open(tmp, "wb") as handle:
+                    handle.set_pipelined(True)
+                    handle.write(data)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, target)
+            except OSError as exc:
+                try:
+                    sftp.remove(tmp)
+                except OSError:
+                    pass
+                raise OSError(exc.errno, f"host {self.name}: cannot write {target}: {exc.strerror or exc}") from None
+
+    def get(self, path: str) -> bytes:
+        """Read a file over SFTP; a missing file raises FileNotFoundError."""
+        with self._sftp_lock:
+            with self._sftp_client().open(self.expand(path), "rb") as handle:
+                handle.prefetch()
+                data: bytes = handle.read()
+                return data
+
+    def exists(self, path: str) -> bool:
+        """Whether `path` exists on the host (one SFTP stat)."""
+        with self._sftp_lock:
+            try:
+                self._sftp_client().stat(self.expand(path))
+            except FileNotFoundError:
+                return False
+            return True
+
+    def close(self) -> None:
+        """Close the connection (a later call reconnects)."""
+        with self._lock:
+            self._drop()
+
+    # -- paths ------------------------------------------------------------------------------------------------
+
+    def home(self) -> str:
+        """The login user's home directory on the host (asked once per connection)."""
+        if self._home is None:
+            with self._sftp_lock:
+                self._home = str(self._sftp_client().normalize("."))
+        return self._home
+
+    def expand(self, path: str) -> str:
+        """`~` and `~/...` resolved against the remote home; other paths unchanged."""
+        if path == "~" or path.startswith("~/"):
+            return self.home() + path[1:]
+        return path
+
+    def _sftp_client(self) -> Any:
+        """The connection's SFTP session (callers hold `_sftp_lock`)."""
+        transport = self.transport()
+        if self._sftp is None or self._sftp.sock.closed or not transport.is_active():
+            import paramiko
+
+            try:
+                self._sftp = paramiko.SFTPClient.from_transport(transport)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise self._unreachable(f"cannot open SFTP: {exc}") from None
+        return self._sftp
+
+    @staticmethod
+    def _makedirs(sftp: Any, directory: str) -> None:
+        """mkdir -p over SFTP (directories created 0700: they hold caches and process state)."""
+        missing = []
+        while directory not in ("", "/"):
+            try:
+                sftp.stat(directory)
+                break
+            except FileNotFoundError:
+                missing.append(directory)
+                directory = posixpath.dirname(directory)
+        for path in reversed(missing):
+            try:
+                sftp.mkdir(path, 0o700)
+            except OSError:
+                sftp.stat(path)  # created meanwhile by another thread or command: fine; otherwise raise
+
+
+class _UnknownKeyPolicy:
+    """paramiko's missing-host-key hook: refuse with the fingerprint, or record the key (accept-new)."""
+
+    def __init__(self, connector: SshConnector):
+        self.connector = connector
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        """Called by paramiko for a host that has no key in known_hosts."""
+        conn = self.connector
+        name = conn.target.known_hosts_name
+        if not conn.accept_new:
+            raise HostKeyError(
+                f"host {conn.name} ({conn._where()}): unknown host key {key.get_name()} {fingerprint(key)} "
+                f"(not in {conn.known_hosts}). Check the fingerprint on the host (ssh-keygen -lf "
+                "/etc/ssh/ssh_host_*_key.pub), then run again with --accept-new-host-keys to record it.")
+        record_host_key(conn.known_hosts, name, key)
+        client.get_host_keys().add(name, key.get_name(), key)
+
+
+_RECORD_LOCK = threading.Lock()
+
+
+def record_host_key(known_hosts: str, name: str, key: Any) -> None:
+    """Append `name keytype base64` to known_hosts (created 0600, its directory 0700), as OpenSSH does."""
+    directory = os.path.dirname(known_hosts)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    line = f"{name} {key.get_name()} {key.get_base64()}\n"
+    with _RECORD_LOCK:
+        fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="ascii") as handle:
+            if handle.tell() > 0:
+                with open(known_hosts, "rb") as existing:
+                    existing.seek(-1, os.SEEK_END)
+                    if existing.read(1) != b"\n":
+                        handle.write("\n")
+            handle.write(line)
