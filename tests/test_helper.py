@@ -239,6 +239,20 @@ def test_fetch_copies_file_urls(tmp_path: Path) -> None:
     assert missing["code"] == "not-found"
 
 
+def test_fetch_larger_than_the_write_back_step_is_whole(tmp_path: Path) -> None:
+    """Files over 64 MiB are written back in the background while streaming; every byte still arrives."""
+    source = tmp_path / "big.bin"
+    block = PAYLOAD[: 1024 * 1024]
+    with open(source, "wb") as handle:
+        for index in range(70):
+            handle.write(bytes([index]) + block[1:])
+    expected = hashlib.sha256(source.read_bytes()).hexdigest()
+    dest = tmp_path / "cache" / "big.bin"
+    result = helper("fetch", {"url": source.as_uri(), "dest": str(dest), "sha256": expected}).result
+    assert result == {**result, "size": 70 * 1024 * 1024, "sha256": expected, "existing": False}
+    assert dest.read_bytes() == source.read_bytes() and not (tmp_path / "cache" / "big.bin.part").exists()
+
+
 def test_verify_hashes_reports_missing_and_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "m.bin"
     path.write_bytes(PAYLOAD)

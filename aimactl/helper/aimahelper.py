@@ -32,6 +32,7 @@ import urllib.parse
 
 HELPER_VERSION = 1
 CHUNK = 1024 * 1024
+SYNC_EVERY = 64 * CHUNK
 MAX_TAIL_BYTES = 16 * 1024 * 1024
 NAME_RE = re.compile(r"[a-z0-9][-a-z0-9.]{0,252}\Z")
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -224,6 +225,34 @@ class BackgroundHash:
         self.chunks.put(None)
 
 
+class BackgroundSync:
+    """fdatasync of the file being written, started every SYNC_EVERY bytes in a worker thread: the page cache
+    is written back while the download goes on, so the final fsync has little left to do (instead of the whole
+    file at the end, which cost ~0.3 x curl's time per GiB)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.thread = None  # type: threading.Thread | None
+        self.error = None  # type: OSError | None
+
+    def kick(self) -> None:
+        """Start a write-back unless one is still running (then the next kick covers these bytes)."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            self.error = exc
+
+    def wait(self) -> None:
+        """Wait for the running write-back (before the final fsync, and before the file is closed)."""
+        if self.thread is not None:
+            self.thread.join()
+
+
 class Transfer:
     """The .part file of one fetch: the bytes in it, their running sha256, and the progress lines about them."""
 
@@ -236,6 +265,7 @@ class Transfer:
         self.hasher = BackgroundHash()
         self.file = open(self.part, "ab")
         self.offset = self.file.seek(0, os.SEEK_END)
+        self.syncer, self.synced = BackgroundSync(self.file.fileno()), self.offset
         if size is not None and self.offset > size:
             self.restart()
         elif self.offset:
@@ -246,6 +276,7 @@ class Transfer:
     def restart(self) -> None:
         """Drop what the .part holds and start again from byte zero."""
         self.file.truncate(0)
+        self.synced = 0
         self.hasher.abandon()
         self.offset, self.resumed, self.hasher = 0, False, BackgroundHash()
 
@@ -267,6 +298,10 @@ class Transfer:
         self.hasher.update(chunk)
         self.offset += len(chunk)
         self.fresh += len(chunk)
+        if self.offset - self.synced >= SYNC_EVERY:
+            self.file.flush()  # the bytes must be in the kernel for the write-back to see them
+            self.synced = self.offset
+            self.syncer.kick()
         self.progress()
 
     def progress(self, force: bool = False) -> None:
@@ -280,6 +315,9 @@ class Transfer:
         """fsync the .part, check size and checksum, then rename it to dest (or to dest.quarantine when wrong)."""
         try:
             self.file.flush()
+            self.syncer.wait()
+            if self.syncer.error is not None:  # the kernel reports a write-back error once: do not lose it
+                raise self.syncer.error
             os.fsync(self.file.fileno())
         except OSError as exc:
             raise self._disk_error(exc) from exc
@@ -303,6 +341,7 @@ class Transfer:
     def abandon(self) -> None:
         """Close after a failure; keep a non-empty .part for the next fetch to resume."""
         if not self.file.closed:
+            self.syncer.wait()
             self.file.close()
         if os.path.exists(self.part) and os.path.getsize(self.part) == 0:
             remove(self.part)
