@@ -4,12 +4,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := docker.io openssh-server busybox-static iproute2 git
+DEB_PACKAGES := docker.io openssh-server busybox-static iproute2 git tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test quickstart system-deps venv lint schemas bench clean
 
-## Debian packages the integration tests use: a private dockerd, sshd instances, a static busybox for images.
+## Debian packages the integration tests use: a private dockerd, sshd instances, a static busybox for images,
+## tmux (a real terminal for the `aimactl watch` live view).
 system-deps:
 	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
 		echo "Installing Debian packages: $(DEB_PACKAGES)"; \

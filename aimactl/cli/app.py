@@ -230,6 +230,27 @@ def unlock(
     unlock_command(lock_id, force)
 
 
+@app.command()
+def watch(
+    files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+    allow_env: bool = ALLOW_ENV,
+    interval: str = typer.Option("1s", "--interval", help="Time between refreshes, e.g. 1s, 500ms, 1m."),
+    once: bool = typer.Option(False, "--once", help="Print one frame and exit (plain text when not a terminal)."),
+    output: Output = typer.Option(Output.text, "-o", "--output", help="text or json (json needs --once)."),
+    events: int = typer.Option(8, "--events", min=0, max=200, help="How many recent events to show."),
+) -> None:
+    """Live dashboard: hosts, GPUs, Services and Apps (sync, health), Models and recent events; q quits."""
+    from aimactl.cli.watch import watch_command
+
+    seconds = _seconds(interval)
+    if seconds <= 0:
+        raise typer.BadParameter("must be more than 0", param_hint="--interval")
+    if output == Output.json and not once:
+        raise typer.BadParameter("-o json prints one frame: add --once", param_hint="--output")
+    watch_command(_common(files, stack, var, var_file, allow_env, 4, [], [], [], True), seconds, once, output.value,
+                  events)
+
+
 def _models_app() -> typer.Typer:
     models = typer.Typer(help="Inspect and clean the hosts' model caches.", no_args_is_help=True,
                          rich_markup_mode=None)

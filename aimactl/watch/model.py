@@ -1,0 +1,249 @@
+"""The dashboard's view model: observation + plan + events -> rows. Pure: no terminal, clock or client.
+
+Sync comes from the same Plan object `aimactl plan` prints (only no-ops: Synced; anything else: OutOfSync with
+the plan's reason; Stalled when the reconcile loop gave up on a resource). Health comes from the observation
+(running, degraded, exited, missing, and the image's HEALTHCHECK when it has one). Sync and health are separate:
+a resource can be Synced and unhealthy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aimactl.converge.status import ResourceStatus, statuses
+from aimactl.core.observed import Observed, ObservedHost
+from aimactl.core.plan import NOOP, Change, Plan
+
+SYNCED, OUT_OF_SYNC, STALLED, UNKNOWN = "Synced", "OutOfSync", "Stalled", "Unknown"
+
+
+@dataclass(frozen=True)
+class HostRow:
+    """One host: reachable or why not, CPU and memory when the host facts have them."""
+
+    name: str
+    reachable: bool
+    status: str
+    """reachable | unreachable | no docker"""
+    detail: str = ""
+    cpu_percent: float | None = None
+    cpu_count: int | None = None
+    mem_used: int | None = None
+    mem_total: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    """One GPU: utilisation, memory, temperature and power (None where the driver does not say)."""
+
+    host: str
+    index: int
+    name: str
+    util_percent: float | None = None
+    mem_used: int | None = None
+    mem_total: int | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadRow:
+    """One Service or App on one host."""
+
+    kind: str
+    name: str
+    host: str
+    sync: str
+    reason: str
+    health: str
+    restarts: int
+    ready: int
+    desired: int
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One Model in one host's cache."""
+
+    name: str
+    host: str
+    cached: bool
+    size: int | None
+    sync: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event from the state store."""
+
+    time: str
+    resource: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A plan check (error or warning) worth showing beside the rows."""
+
+    severity: str
+    message: str
+
+
+@dataclass
+class Dashboard:
+    """One frame of `aimactl watch`."""
+
+    stack: str
+    taken_at: str
+    manifests: bool
+    """Whether manifests were given (without them sync is Unknown)."""
+    hosts: list[HostRow] = field(default_factory=list)
+    gpus: list[GpuRow] = field(default_factory=list)
+    workloads: list[WorkloadRow] = field(default_factory=list)
+    models: list[ModelRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (`watch --once -o json`)."""
+        return asdict(self)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _facts(host: ObservedHost) -> Any:
+    """The host's hardware facts (`core.facts.HostFacts`) when the observation gathered them, else None."""
+    return getattr(host, "facts", None)
+
+
+def host_row(host: ObservedHost) -> HostRow:
+    """Reachability from the observation; CPU and memory from the host facts when they were gathered."""
+    if not host.reachable:
+        return HostRow(host.name, False, "unreachable", host.error or "")
+    facts = _facts(host)
+    status, detail = ("no docker", host.docker_error) if host.docker_error else ("reachable", "")
+    total, available = getattr(facts, "mem_total", None), getattr(facts, "mem_available", None)
+    used = total - available if isinstance(total, int) and isinstance(available, int) else None
+    return HostRow(host.name, True, status, detail or "", _num(getattr(facts, "cpu_percent", None)),
+                   getattr(facts, "cpu_count", None), used, total)
+
+
+def gpu_rows(host: ObservedHost) -> list[GpuRow]:
+    """The host's GPUs from its facts (none when it has no GPU or no facts were gathered). Memory is the
+    facts' usable and used memory, so a unified-memory GPU (GB10) shows its share of system RAM."""
+    facts = _facts(host)
+    rows = []
+    for gpu in getattr(facts, "gpus", None) or ():
+        rows.append(GpuRow(host.name, gpu.index, gpu.name, _num(gpu.utilization), facts.used_memory(gpu),
+                           facts.usable_memory(gpu), _num(gpu.temperature), _num(gpu.power_draw),
+                           _num(gpu.power_limit)))
+    return rows
+
+
+def _health(status: ResourceStatus) -> str:
+    """One word a user reads as health: running, degraded, exited, missing; unhealthy/starting from Docker."""
+    health = {c.health for c in status.containers if c.health}
+    if status.state == "running" and health & {"unhealthy", "starting"}:
+        return "unhealthy" if "unhealthy" in health else "starting"
+    return status.state
+
+
+def _sync(changes: Sequence[Change], reachable: bool) -> tuple[str, str]:
+    """Synced when the plan only keeps the resource as it is; else OutOfSync with the plan's first reason."""
+    if not reachable:
+        return UNKNOWN, "host unreachable"
+    if not changes:
+        return UNKNOWN, "not planned"
+    pending = [c for c in changes if c.action != NOOP]
+    if not pending:
+        return SYNCED, ""
+    reasons = list(dict.fromkeys(f"{c.action}: {c.reason}" for c in pending))
+    return OUT_OF_SYNC, "; ".join(reasons)
+
+
+def _stalled_reason(stalled: Mapping[str, str], key: str, changes: Iterable[Change]) -> str | None:
+    """The reconcile loop's reason when it stalled the resource (by key such as `service/chat`, or address)."""
+    for name in (key, *(c.address for c in changes)):
+        if name in stalled:
+            return stalled[name]
+    return None
+
+
+def workload_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, str]) -> list[WorkloadRow]:
+    """Services and Apps: sync from the plan, health and endpoint from the observation."""
+    by_resource: dict[tuple[str, str, str], list[Change]] = {}
+    for change in plan.changes if plan else ():
+        by_resource.setdefault((change.kind, change.name, change.host), []).append(change)
+    rows = []
+    for status in statuses(observed, plan):
+        if status.kind == "model":
+            continue
+        changes = by_resource.get((status.kind, status.name, status.host), [])
+        host = observed.hosts.get(status.host)
+        if plan is None:
+            sync, reason = UNKNOWN, "no manifests given (-f)"
+        else:
+            sync, reason = _sync(changes, host is None or host.reachable)
+        why = _stalled_reason(stalled, f"{status.kind}/{status.name}", changes)
+        if why is not None:
+            sync, reason = STALLED, why
+        desired = status.desired if status.desired is not None else len(status.containers)
+        rows.append(WorkloadRow(status.kind, status.name, status.host, sync, reason, _health(status),
+                                status.restarts, status.ready, desired, status.endpoint))
+    return rows
+
+
+def model_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, str]) -> list[ModelRow]:
+    """Models the plan wants (cached or not) and, without manifests, whatever each host's cache holds."""
+    rows: dict[tuple[str, str], ModelRow] = {}
+    for change in plan.changes if plan else ():
+        if change.kind != "model":
+            continue
+        entry = observed.hosts[change.host].models.get(change.name) if change.host in observed.hosts else None
+        size = entry.get("size") if entry else (change.model.size if change.model else None)
+        sync, reason = (SYNCED, "") if change.action == NOOP else (OUT_OF_SYNC, f"{change.action}: {change.reason}")
+        why = _stalled_reason(stalled, change.key, [change])
+        if why is not None:
+            sync, reason = STALLED, why
+        rows[(change.name, change.host)] = ModelRow(change.name, change.host, entry is not None,
+                                                    size if isinstance(size, int) else None, sync, reason)
+    for host_name, host in observed.hosts.items():
+        for name, entry in host.models.items():
+            if (name, host_name) not in rows:
+                size = entry.get("size") if isinstance(entry, dict) else None
+                sync, reason = (UNKNOWN, "no manifests given (-f)") if plan is None else (UNKNOWN, "not in manifests")
+                rows[(name, host_name)] = ModelRow(name, host_name, True, size if isinstance(size, int) else None,
+                                                   sync, reason)
+    return [rows[k] for k in sorted(rows)]
+
+
+def event_rows(events: Iterable[Mapping[str, Any]], limit: int) -> list[EventRow]:
+    """The newest events first, as the store returns them; time shown as HH:MM:SS of its UTC timestamp."""
+    rows = []
+    for event in list(events)[:limit]:
+        stamp = str(event.get("created_at") or "")
+        clock = stamp.split("T", 1)[1][:8] if "T" in stamp else stamp
+        rows.append(EventRow(clock, str(event.get("resource") or ""), str(event.get("kind") or ""),
+                             " ".join(str(event.get("message") or "").split())))
+    return rows
+
+
+def dashboard(stack: str, taken_at: str, observed: Observed, plan: Plan | None,
+              events: Iterable[Mapping[str, Any]] = (), stalled: Mapping[str, str] | None = None,
+              event_limit: int = 8) -> Dashboard:
+    """One frame: every row the dashboard shows. `plan` is None when no manifests were given; `stalled` maps a
+    resource key or address to the reason the reconcile loop stopped retrying it."""
+    stalled = stalled or {}
+    hosts = [observed.hosts[name] for name in sorted(observed.hosts)]
+    problems = [Problem(c.severity, c.message) for c in plan.checks] if plan else []
+    return Dashboard(stack, taken_at, plan is not None, [host_row(h) for h in hosts],
+                     [g for h in hosts for g in gpu_rows(h)], workload_rows(observed, plan, stalled),
+                     model_rows(observed, plan, stalled), event_rows(events, event_limit), problems)
