@@ -202,3 +202,10 @@ def test_gpu_section_renders_bars_at_both_widths(width: int) -> None:
     assert "████" in h100  # memory 89% full: the bar is mostly filled
     [gb10] = [line for line in text.splitlines() if "GB10" in line]
     assert "103.7G" in gb10 and "36°C" in gb10 and "3W" in gb10
+
+
+def test_models_of_other_stacks_are_not_shown_given_manifests() -> None:
+    host = ObservedHost("local", models={"shared": {"source": "hf://org/shared", "size": 2**30}})
+    assert dashboard(STACK, "now", Observed({"local": host}), Plan(STACK)).models == []
+    [row] = dashboard(STACK, "now", Observed({"local": host}), None).models
+    assert (row.name, row.cached, row.size, row.sync) == ("shared", True, 2**30, UNKNOWN)

@@ -202,7 +202,7 @@ def workload_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, s
 
 
 def model_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, str]) -> list[ModelRow]:
-    """Models the plan wants (cached or not) and, without manifests, whatever each host's cache holds."""
+    """Models the plan wants (cached or not); without manifests, whatever each host's cache holds."""
     rows: dict[tuple[str, str], ModelRow] = {}
     for change in plan.changes if plan else ():
         if change.kind != "model":
@@ -215,13 +215,12 @@ def model_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, str]
             sync, reason = STALLED, why
         rows[(change.name, change.host)] = ModelRow(change.name, change.host, entry is not None,
                                                     size if isinstance(size, int) else None, sync, reason)
-    for host_name, host in observed.hosts.items():
+    # The cache is shared by every stack on a host: with manifests, only this stack's Models are its business.
+    for host_name, host in observed.hosts.items() if plan is None else ():
         for name, entry in host.models.items():
-            if (name, host_name) not in rows:
-                size = entry.get("size") if isinstance(entry, dict) else None
-                sync, reason = (UNKNOWN, "no manifests given (-f)") if plan is None else (UNKNOWN, "not in manifests")
-                rows[(name, host_name)] = ModelRow(name, host_name, True, size if isinstance(size, int) else None,
-                                                   sync, reason)
+            size = entry.get("size") if isinstance(entry, dict) else None
+            rows[(name, host_name)] = ModelRow(name, host_name, True, size if isinstance(size, int) else None,
+                                               UNKNOWN, "no manifests given (-f)")
     return [rows[k] for k in sorted(rows)]
 
 
