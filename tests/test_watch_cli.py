@@ -53,3 +53,20 @@ def test_bad_flags_and_manifests_are_clear_errors(tmp_path: Path) -> None:
     bad.write_text("apiVersion: aima.dev/v1\nkind: Service\nmetadata: {name: Bad_Name}\nspec: {engine: custom}\n")
     manifests = watch(tmp_path, "--once", "-f", str(bad))
     assert manifests.returncode == 1 and f"{bad}:" in manifests.stderr and "Traceback" not in manifests.stderr
+
+
+def test_unreachable_host_and_what_it_should_run(tmp_path: Path) -> None:
+    (tmp_path / "fleet.yaml").write_text(
+        "apiVersion: aima.dev/v1\nkind: Host\nmetadata: {name: local}\nspec: {address: local}\n---\n"
+        # Nothing listens on port 1 of the loopback: the SSH connection is refused at once.
+        "apiVersion: aima.dev/v1\nkind: Host\nmetadata: {name: edge-down}\nspec: {address: 'ssh://aima@127.0.0.1:1'}\n"
+        "---\napiVersion: aima.dev/v1\nkind: App\nmetadata: {name: queue}\nspec:\n  image: busybox:latest\n"
+        "  host: edge-down\n  replicas: 2\n")
+    out = watch(tmp_path, "--once", "-f", str(tmp_path / "fleet.yaml"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    [down] = [line for line in lines if line.startswith("edge-down")]
+    assert down.split()[1] == "unreachable:" and "connection refused" in down
+    [queue] = [line for line in lines if line.startswith("app/queue")]
+    assert queue.split()[1:6] == ["edge-down", "Unknown", "unknown", "0", "0/2"]
+    assert "host unreachable" in queue

@@ -209,3 +209,14 @@ def test_models_of_other_stacks_are_not_shown_given_manifests() -> None:
     assert dashboard(STACK, "now", Observed({"local": host}), Plan(STACK)).models == []
     [row] = dashboard(STACK, "now", Observed({"local": host}), None).models
     assert (row.name, row.cached, row.size, row.sync) == ("shared", True, 2**30, UNKNOWN)
+
+
+def test_workloads_on_an_unreachable_host_stay_listed() -> None:
+    observed = Observed({"local": ObservedHost("local", containers=[container("chat")]),
+                         "edge-2": ObservedHost("edge-2", reachable=False, error="connection refused")})
+    plan = Plan(STACK, changes=[change("chat", NOOP, "up to date")])
+    placed = [("service", "chat", "local", 1), ("app", "queue", "edge-2", 2)]
+    rows = dashboard(STACK, "now", observed, plan, placed=placed).workloads
+    assert [(w.name, w.host, w.sync, w.reason, w.health, w.desired) for w in rows] == [
+        ("chat", "local", SYNCED, "", "running", 1),
+        ("queue", "edge-2", UNKNOWN, "host unreachable: connection refused", "unknown", 2)]

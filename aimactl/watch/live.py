@@ -38,6 +38,7 @@ class FrameSource:
         self.parallelism = parallelism
         self.event_limit = event_limit
         self._store: Any = None
+        self._placed = placed_workloads(manifests)
 
     def _history(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Last events and stalled resources; the store is opened once and kept for the next frames."""
@@ -60,7 +61,7 @@ class FrameSource:
             events, stalled = self._history()
             taken = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             return dashboard(self.options.stack, taken, session.observed, session.plan if self.given else None,
-                             events, stalled, self.event_limit)
+                             events, stalled, self.event_limit, self._placed)
         finally:
             session.close()
 
@@ -69,6 +70,22 @@ class FrameSource:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def placed_workloads(manifests: Manifests) -> list[tuple[str, str, str, int]]:
+    """(kind, name, host, replicas) of each Service and App, placed as the planner places them, so that those on
+    an unreachable host stay on the dashboard."""
+    from aimactl.core.desired import host_infos, place
+
+    resources = manifests.resources
+    hosts = host_infos(resources)
+    out = []
+    for res in resources:
+        if res.kind in ("Service", "App"):
+            host = place(res, hosts)
+            if host is not None:
+                out.append((res.kind.lower(), res.name, host, int(getattr(res.spec, "replicas", 1))))
+    return out
 
 
 def stalled_resources(store: Any, stack: str) -> dict[str, str]:

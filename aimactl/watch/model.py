@@ -177,8 +177,10 @@ def _stalled_reason(stalled: Mapping[str, str], key: str, changes: Iterable[Chan
     return None
 
 
-def workload_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, str]) -> list[WorkloadRow]:
-    """Services and Apps: sync from the plan, health and endpoint from the observation."""
+def workload_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, str],
+                  placed: Iterable[tuple[str, str, str, int]] = ()) -> list[WorkloadRow]:
+    """Services and Apps: sync from the plan, health and endpoint from the observation; `placed` (kind, name,
+    host, replicas) from the manifests lists those on unreachable hosts too."""
     by_resource: dict[tuple[str, str, str], list[Change]] = {}
     for change in plan.changes if plan else ():
         by_resource.setdefault((change.kind, change.name, change.host), []).append(change)
@@ -198,6 +200,19 @@ def workload_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, s
         desired = status.desired if status.desired is not None else len(status.containers)
         rows.append(WorkloadRow(status.kind, status.name, status.host, sync, reason, _health(status),
                                 status.restarts, status.ready, desired, status.endpoint))
+    return rows + _unobserved(observed, placed, {(r.kind, r.name, r.host) for r in rows})
+
+
+def _unobserved(observed: Observed, placed: Iterable[tuple[str, str, str, int]],
+                seen: set[tuple[str, str, str]]) -> list[WorkloadRow]:
+    """Workloads the manifests place on a host that cannot be reached: still listed, with why nothing is known
+    (the plan leaves such hosts out)."""
+    rows = []
+    for kind, name, host_name, replicas in placed:
+        host = observed.hosts.get(host_name)
+        if host is not None and not host.reachable and (kind, name, host_name) not in seen:
+            rows.append(WorkloadRow(kind, name, host_name, UNKNOWN, f"host unreachable: {host.error or ''}".strip(),
+                                    "unknown", 0, 0, replicas, ""))
     return rows
 
 
@@ -237,12 +252,13 @@ def event_rows(events: Iterable[Mapping[str, Any]], limit: int) -> list[EventRow
 
 def dashboard(stack: str, taken_at: str, observed: Observed, plan: Plan | None,
               events: Iterable[Mapping[str, Any]] = (), stalled: Mapping[str, str] | None = None,
-              event_limit: int = 8) -> Dashboard:
+              event_limit: int = 8, placed: Iterable[tuple[str, str, str, int]] = ()) -> Dashboard:
     """One frame: every row the dashboard shows. `plan` is None when no manifests were given; `stalled` maps a
-    resource key or address to the reason the reconcile loop stopped retrying it."""
+    resource key or address to the reason the reconcile loop stopped retrying it; `placed` lists the manifests'
+    workloads as (kind, name, host, replicas)."""
     stalled = stalled or {}
     hosts = [observed.hosts[name] for name in sorted(observed.hosts)]
     problems = [Problem(c.severity, c.message) for c in plan.checks] if plan else []
     return Dashboard(stack, taken_at, plan is not None, [host_row(h) for h in hosts],
-                     [g for h in hosts for g in gpu_rows(h)], workload_rows(observed, plan, stalled),
+                     [g for h in hosts for g in gpu_rows(h)], workload_rows(observed, plan, stalled, placed),
                      model_rows(observed, plan, stalled), event_rows(events, event_limit), problems)

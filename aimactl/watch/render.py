@@ -15,7 +15,7 @@ WIDE = 120
 BAR = 10
 NARROW_BAR = 5
 SYNC_STYLE = {SYNCED: "green", OUT_OF_SYNC: "yellow", STALLED: "red"}
-HEALTH_STYLE = {"running": "green", "degraded": "yellow", "starting": "yellow"}
+HEALTH_STYLE = {"running": "green", "degraded": "yellow", "starting": "yellow", "unknown": "dim"}
 
 
 def bar(fraction: float | None, width: int = BAR) -> str:
