@@ -70,3 +70,26 @@ def test_unreachable_host_and_what_it_should_run(tmp_path: Path) -> None:
     [queue] = [line for line in lines if line.startswith("app/queue")]
     assert queue.split()[1:6] == ["edge-down", "Unknown", "unknown", "0", "0/2"]
     assert "host unreachable" in queue
+
+
+def test_piped_without_once_prints_a_frame_per_interval_until_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    environ = {**os.environ, "AIMACTL_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1",
+               "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    proc = subprocess.Popen([sys.executable, "-m", "aimactl", "watch", "--interval", "0.2s"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environ)
+    try:
+        headers = 0
+        deadline = time.monotonic() + 60
+        while headers < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            headers += line.startswith("aimactl watch")
+        assert headers == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        proc.wait()
