@@ -48,7 +48,7 @@ class FrameSource:
             if self._store is None:
                 self._store = open_store(environ=self.environ)
             events = self._store.events(self.options.stack, limit=self.event_limit)
-        except StoreError:
+        except (StoreError, OSError):  # an unreadable state dir only costs the events, not the frame
             return [], {}
         return events, stalled_resources(self._store, self.options.stack)
 
