@@ -93,3 +93,11 @@ def test_piped_without_once_prints_a_frame_per_interval_until_sigterm(tmp_path: 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_unusable_state_dir_costs_only_the_events(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_text("")
+    out = watch(tmp_path, "--once", AIMACTL_STATE_DIR=str(not_a_dir / "sub"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-2:] == ["Events", "none"] and "local" in out.stdout
