@@ -344,7 +344,7 @@ def test_ollama_warmup_and_pull() -> None:
         "POST", "/api/generate",
         {"model": "qwen2.5:0.5b", "prompt": "hi", "stream": False, "options": {"num_predict": 1}})
     assert (rendered.pull.method, rendered.pull.path, dict(rendered.pull.body)) == (
-        "POST", "/api/pull", {"model": "qwen2.5:0.5b", "stream": False})
+        "POST", "/api/pull", {"model": "qwen2.5:0.5b", "stream": True})
 
 
 def test_warmup_templates_are_not_changed_by_rendering() -> None:

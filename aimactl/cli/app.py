@@ -123,6 +123,8 @@ def apply(
     allow_env: bool = ALLOW_ENV, parallelism: int = PARALLELISM, target: list[str] = TARGETS,
     exclude: list[str] = EXCLUDES, replace: list[str] = REPLACES, allow_empty: bool = ALLOW_EMPTY,
     auto_approve: bool = AUTO_APPROVE, lock_timeout: str = LOCK_TIMEOUT,
+    max_fail_percent: int = typer.Option(None, "--max-fail-percent", min=0, max=100,
+                                         help="Start no new step once more than this % of the hosts failed."),
 ) -> None:
     """Converge the hosts to the manifests (or to a saved plan), waiting for readiness."""
     from aimactl.cli.stack import apply_command
@@ -130,7 +132,7 @@ def apply(
     if plan_file is None and not files:
         raise typer.BadParameter("give manifests with -f, or a saved plan file")
     apply_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty),
-                  plan_file, auto_approve, _seconds(lock_timeout))
+                  plan_file, auto_approve, _seconds(lock_timeout), max_fail_percent)
 
 
 @app.command()

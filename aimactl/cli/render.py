@@ -94,3 +94,18 @@ def results_table(results: list[StepResult]) -> Any:
         table.add_row(escape(r.address), r.action, f"[{colour}]{r.status}[/{colour}]", f"{r.seconds:.1f}s",
                       escape(detail))
     return table
+
+
+def hosts_table(summary: list[Any]) -> Any:
+    """A rich table: one row per host, whether it was reached, and its steps done / failed / skipped."""
+    from rich.table import Table
+
+    table = Table(title="Hosts", show_lines=False)
+    for column in ("HOST", "REACHABLE", "DONE", "FAILED", "SKIPPED", "DETAIL"):
+        table.add_column(column)
+    for row in summary:
+        reach = "[green]yes[/green]" if row.reachable else "[red]no[/red]"
+        failed = f"[red]{row.failed}[/red]" if row.failed else "0"
+        skipped = f"[yellow]{row.skipped}[/yellow]" if row.skipped else "0"
+        table.add_row(escape(row.host), reach, str(row.done), failed, skipped, escape(row.reason))
+    return table

@@ -83,9 +83,14 @@ def plan_command(common: Common, output: str, out: Path | None, detailed_exitcod
             out.chmod(0o600)
             if output != "json":
                 console().print(f"\nSaved the plan to {out}. Apply exactly this plan with: aimactl apply {out}")
+        if plan.unreachable and output != "json":
+            from aimactl.cli.render import hosts_table
+            from aimactl.converge.session import host_summary
+
+            console().print(hosts_table(host_summary(plan)))
     finally:
         session.close()
-    if plan.errors:
+    if plan.errors or plan.unreachable:
         raise typer.Exit(1)
     raise typer.Exit(2 if detailed_exitcode and plan.actionable else 0)
 
@@ -140,22 +145,34 @@ def approve(auto_approve: bool, what: str) -> None:
         raise typer.Exit(1)
 
 
+def _nothing_to_apply(plan: Any) -> None:
+    """Print the plan and exit when it has errors or nothing to do: 1 on errors or unreachable hosts, else 0."""
+    from aimactl.cli.render import hosts_table, plan_text
+    from aimactl.converge.session import host_summary
+
+    if plan.errors or not plan.actionable:
+        console().print(plan_text(plan))
+        if plan.unreachable:
+            console().print(hosts_table(host_summary(plan)))
+        raise typer.Exit(1 if plan.errors or plan.unreachable else 0)
+
+
 def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int, build: Callable[[], Any],
-                    auto_approve: bool, what: str, source: str | None = None, preview: bool = True) -> None:
+                    auto_approve: bool, what: str, source: str | None = None, preview: bool = True,
+                    max_fail_percent: int | None = None) -> None:
     """Hold the stack lock, then plan (`build`), show the plan, ask, apply, and print the results.
 
     The plan that is shown is made under the lock and is the plan that runs. A first plan without the lock
     (and without opening the state store, which is a third of a no-op's start-up) ends the command early when
-    there is nothing to do or the plan has errors.
+    there is nothing to do or the plan has errors. Unreachable hosts are left out; the others converge and the
+    command exits 1 with a per-host summary.
     """
-    from aimactl.cli.render import plan_text, results_table
+    from aimactl.cli.render import hosts_table, plan_text, results_table
 
     if preview:
         first = build()
         try:
-            if first.plan.errors or not first.plan.actionable:
-                console().print(plan_text(first.plan))
-                raise typer.Exit(1 if first.plan.errors else 0)
+            _nothing_to_apply(first.plan)
         finally:
             first.close()
     from aimactl.converge.session import apply_session, stack_lock
@@ -165,18 +182,19 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
         with stack_lock(stack, kind, lock_timeout, os.environ) as store:
             session = build()
             try:
+                _nothing_to_apply(session.plan)
                 console().print(plan_text(session.plan))
-                if session.plan.errors or not session.plan.actionable:
-                    raise typer.Exit(1 if session.plan.errors else 0)
                 approve(auto_approve, what)
                 outcome = apply_session(session, store, LineReporter(), kind=kind, parallelism=parallelism,
-                                        environ=os.environ, source=source)
+                                        environ=os.environ, source=source, max_fail_percent=max_fail_percent)
             finally:
                 session.close()
     except StoreError as exc:
         error(str(exc))
         raise typer.Exit(1) from None
     console().print(results_table(outcome.results))
+    if len(outcome.hosts) > 1 or any(not h.ok for h in outcome.hosts):
+        console().print(hosts_table(outcome.hosts))
     verb = {"destroy": "Destroy", "rollback": "Rollback"}.get(kind, "Apply")
     console().print(f"{verb} {'[red]failed[/red]' if outcome.failed else '[green]complete[/green]'} "
                     f"(revision {outcome.revision}).")
@@ -205,16 +223,18 @@ def _saved_session(path: Path, common: Common) -> Any:
     return session
 
 
-def apply_command(common: Common, plan_file: Path | None, auto_approve: bool, lock_timeout: float) -> None:
+def apply_command(common: Common, plan_file: Path | None, auto_approve: bool, lock_timeout: float,
+                  max_fail_percent: int | None = None) -> None:
     """Plan (or load and re-check a saved plan), ask, then converge."""
     stack = check_stack(common.stack)
     if plan_file is not None:
         # A saved plan was reviewed when it was made, as with `terraform apply PLANFILE`.
         converge_locked(stack, "apply", lock_timeout, common.parallelism,
-                        lambda: _saved_session(plan_file, common), True, "perform these actions", preview=False)
+                        lambda: _saved_session(plan_file, common), True, "perform these actions", preview=False,
+                        max_fail_percent=max_fail_percent)
     manifests = load_or_exit(common)
     converge_locked(stack, "apply", lock_timeout, common.parallelism, lambda: make_session(common, manifests),
-                    auto_approve, "perform these actions")
+                    auto_approve, "perform these actions", max_fail_percent=max_fail_percent)
 
 
 def destroy_command(common: Common, auto_approve: bool, lock_timeout: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,6 +68,8 @@ class Executor:
         self.stop_timeout = stop_timeout
         self.failed: set[str] = set()
         self.cancelled = threading.Event()
+        self.pulled: set[str] = set()
+        """`model@host` of the models an engine pulled while its Service started (Ollama)."""
 
     def run(self, plan: Plan) -> list[StepResult]:
         """Apply every actionable change; returns one result per change, in execution order."""
@@ -76,10 +78,14 @@ class Executor:
         deletes = [c for c in todo if c.action == DELETE]
         for group in _delete_waves(deletes, plan.edges):
             results += self._run_wave(group, plan.edges)
-        others = [c for c in todo if c.action != DELETE]
+        pulls = [c for c in todo if c.action != DELETE and c.model is not None and c.model.url is None]
+        others = [c for c in todo if c.action != DELETE and c not in pulls]
         for group in _forward_waves(others, plan.edges):
             results += self._run_wave(group, plan.edges)
-        return results
+        # An engine pulls its own model once its Service runs: after every other step, skipped if it failed.
+        keys = {c.address: c.key for c in plan.changes}
+        served = {c.key: {keys[c.model.service]} for c in pulls if c.model and c.model.service in keys}
+        return results + self._run_wave(pulls, served)
 
     def _run_wave(self, changes: list[Change], edges: Mapping[str, set[str]]) -> list[StepResult]:
         if not changes:
@@ -117,7 +123,7 @@ class Executor:
 
     def _act(self, change: Change) -> tuple[str, str]:
         if change.model is not None:
-            return self._fetch_model(change)
+            return self._fetch_model(change) if change.model.url is not None else self._pull_model(change)
         runtime = self.connections.runtime(change.host, change.runtime)
         if change.action == DELETE:
             return self._delete(runtime, change)
@@ -156,7 +162,7 @@ class Executor:
                 runtime.remove(container_id)
                 raise
         waited = wait_ready(runtime, container_id, want.readiness, self.connections.hosts[change.host].url_host,
-                            sleep=self._sleep)
+                            sleep=self._sleep, on_healthy=self._pull_hook(change))
         verb = "created" if change.action == CREATE else "replaced"
         shown = container_id[:12] if change.runtime == "docker" else container_id
         return DONE, f"{verb} [{'id' if change.runtime == 'docker' else 'process'}={shown}], ready after {waited:.1f}s"
@@ -172,6 +178,48 @@ class Executor:
                                  self.environ)
         size = result.get("size", 0)
         return DONE, f"fetched {size / 2**20:.1f} MiB, sha256 {str(result.get('sha256', ''))[:12]}"
+
+    def _pull_hook(self, change: Change) -> Callable[[], None] | None:
+        """For an engine that pulls its own model (Ollama): pull it once the engine is healthy, before the
+        warmup needs it, showing the engine's progress as this Service's."""
+        from aimactl.converge.models import PullFailed, pull_model, pulled_models
+        from aimactl.models.ollama import canonical
+
+        want = change.desired
+        if want is None or want.readiness.pull is None:
+            return None
+        request = want.readiness.pull
+        base = f"http://{self.connections.hosts[change.host].url_host}:{want.readiness.port}"
+
+        def pull() -> None:
+            model = canonical(str(request.body.get("model", "")))
+            try:
+                if model not in pulled_models(base):
+                    pull_model(base, request, lambda event: self.reporter.progress(change, event))
+                    self.pulled.add(f"{model}@{change.host}")
+            except PullFailed as exc:
+                raise NotReady(str(exc)) from None
+
+        return pull
+
+    def _pull_model(self, change: Change) -> tuple[str, str]:
+        """Make the Service's engine pull the model (re-checking first: its start may have pulled it already)."""
+        from aimactl.converge.models import PullFailed, api_url, pull_model, pulled_models
+        from aimactl.models.ollama import canonical
+
+        want = change.model
+        assert want is not None and want.pull is not None
+        base, model = api_url(self.connections, want), canonical(str(want.pull.body.get("model", "")))
+        try:
+            if model in pulled_models(base):
+                if f"{model}@{change.host}" in self.pulled:
+                    return DONE, f"{model} pulled by {want.service} as it started"
+                return UNCHANGED, f"{model} already present in the Ollama of {want.service}"
+            with self.slots:
+                pull_model(base, want.pull, lambda event: self.reporter.progress(change, event))
+        except PullFailed as exc:
+            raise StepFailed(str(exc)) from None
+        return DONE, f"pulled {model} through the Ollama API of {want.service}"
 
     def _sleep(self, seconds: float) -> None:
         """Sleep between readiness probes, waking up (and giving up) when the apply is interrupted."""

@@ -129,3 +129,88 @@ def _read_index(connections: Connections, host: str) -> dict[str, Any]:
 def _write_index(connections: Connections, host: str, index: dict[str, Any]) -> None:
     connections.connector(host).put(json.dumps(index, indent=2, sort_keys=True).encode(),
                                     model_index_path(connections.hosts[host]), 0o644)
+
+
+# -- models the engine pulls itself (Ollama) ----------------------------------------------------------------------
+
+TAGS_TIMEOUT = 5.0
+
+
+class PullFailed(Exception):
+    """The engine could not pull a model; the message carries the engine's own words."""
+
+
+def api_url(connections: Connections, want: DesiredModel) -> str:
+    """`http://HOST:PORT` of the Service whose engine pulls `want`."""
+    return f"http://{connections.hosts[want.host].url_host}:{want.api_port}"
+
+
+def pulled_models(base_url: str, timeout: float = TAGS_TIMEOUT) -> frozenset[str]:
+    """The models an Ollama server has (`GET /api/tags`), by canonical name; raises PullFailed."""
+    import urllib.error
+    import urllib.request
+
+    from aimactl.models.ollama import OllamaError, parse_tags
+
+    try:
+        with urllib.request.urlopen(f"{base_url}/api/tags", timeout=timeout) as response:  # noqa: S310 - ours
+            return parse_tags(response.read())
+    except (urllib.error.URLError, OSError, OllamaError) as exc:
+        raise PullFailed(f"GET {base_url}/api/tags: {getattr(exc, 'reason', exc)}") from None
+
+
+def observe_pulled(connections: Connections, models: Iterable[DesiredModel], observed: Observed) -> None:
+    """For each model an engine pulls, ask that engine (when its Service runs) whether it has the model; the
+    answer goes into the observed host's models as `{"present": bool}` for the planner."""
+    from aimactl.core.desired import address
+    from aimactl.models.ollama import canonical
+
+    for want in models:
+        host = observed.hosts.get(want.host)
+        if want.service is None or want.api_port is None or host is None or not host.reachable:
+            continue
+        running = any(c.running and address(c.resource_kind or "", c.resource_name or "", c.replica, want.host)
+                      == want.service for c in host.containers)
+        if not running:
+            continue
+        try:
+            present = canonical(str(want.pull.body.get("model", ""))) in pulled_models(api_url(connections, want))
+        except PullFailed:
+            continue  # not answering yet: planned as "pulled once it is ready"
+        host.models[want.name] = {"source": want.source, "present": present, "pulled_by": want.service}
+
+
+def pull_model(base_url: str, request: Any, on_event: Callable[[dict[str, Any]], None],
+               timeout: float = 3600.0) -> None:
+    """Send the engine's pull request with streaming on and relay its progress; raises PullFailed with the
+    engine's error (unknown model, no network ...)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from aimactl.models.ollama import OllamaError, error_body, parse_pull_line
+
+    body = {**dict(request.body), "stream": True}
+    http = urllib.request.Request(f"{base_url}{request.path}", data=json.dumps(body).encode(), method=request.method,
+                                  headers={"Content-Type": "application/json"})
+    started, last = time.monotonic(), None
+    try:
+        with urllib.request.urlopen(http, timeout=timeout) as response:  # noqa: S310 - our own endpoint
+            for raw in response:
+                line = parse_pull_line(raw)
+                if line is None:
+                    continue
+                if line.error:
+                    raise PullFailed(f"pull of {body.get('model')} failed: {line.error}")
+                if line.completed is not None:
+                    rate = int(line.completed / max(time.monotonic() - started, 1e-6))
+                    on_event({"event": "progress", "bytes": line.completed, "total": line.total, "rate": rate,
+                              "status": line.status})
+                last = line
+    except urllib.error.HTTPError as exc:
+        raise PullFailed(f"pull of {body.get('model')} failed: HTTP {exc.code}: {error_body(exc.read())}") from None
+    except (urllib.error.URLError, OSError, OllamaError) as exc:
+        raise PullFailed(f"pull of {body.get('model')} failed: {getattr(exc, 'reason', exc)}") from None
+    if last is None or not last.success:
+        raise PullFailed(f"pull of {body.get('model')} ended without success (last status: "
+                         f"{last.status if last else 'none'})")

@@ -58,8 +58,13 @@ def last_logs(runtime: Runtime, container_id: str, lines: int = LOG_LINES) -> st
 
 
 def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: str,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
-    """Block until the replica is ready; returns seconds waited. Raises NotReady with the reason and logs."""
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+               on_healthy: Callable[[], None] | None = None) -> float:
+    """Block until the replica is ready; returns seconds waited. Raises NotReady with the reason and logs.
+
+    `on_healthy` runs once, when the health path first answers and before the warmup (an engine pulling the
+    model the warmup needs); it raises NotReady to fail the replica.
+    """
     start = clock()
     deadline = start + readiness.startup_timeout
     running_since: float | None = None
@@ -73,6 +78,9 @@ def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: 
         if readiness.path and readiness.port:
             url = f"http://{host}:{readiness.port}{readiness.path}"
             last_problem = probe(url) or ""
+            if not last_problem and on_healthy is not None:
+                on_healthy()
+                on_healthy = None
             if not last_problem and readiness.warmup:
                 warm = readiness.warmup
                 target = f"http://{host}:{readiness.port}{warm.path}"

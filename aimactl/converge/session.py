@@ -57,6 +57,10 @@ def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str,
         from aimactl.converge.models import verify_cached
 
         verify_cached(connections, desired.models, observed)
+    if any(m.service for m in desired.models):
+        from aimactl.converge.models import observe_pulled
+
+        observe_pulled(connections, desired.models, observed)
     return Session(options.stack, plan(desired, observed, options), observed, connections, manifests.sources)
 
 

@@ -7,6 +7,7 @@ and the digests of secrets (never their values). Engines other than `custom` plu
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class Readiness:
     interval: float = 5.0
     settle: float = SETTLE_SECONDS
     warmup: Warmup | None = None
+    pull: Warmup | None = None
+    """Sent once healthy, before the warmup, when the engine pulls its own model (Ollama)."""
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,7 @@ def _readiness(item: _Planned, replica: int) -> Readiness:
     wanted = [p for p in ports if p.container_port == item.workload.readiness_container_port] or list(ports)
     return Readiness(item.workload.readiness_path, wanted[0].host_port if wanted else None,
                      units.parse_duration(health.startup_timeout), units.parse_duration(health.interval),
-                     warmup=item.workload.warmup)
+                     warmup=item.workload.warmup, pull=item.workload.pull)
 
 
 def _models(planned: Sequence[_Planned], resources: Sequence[Resource], hosts: Mapping[str, HostInfo],
@@ -337,7 +340,12 @@ def _models(planned: Sequence[_Planned], resources: Sequence[Resource], hosts: M
         if not name or name not in by_name or (name, item.host) in out or not item.res.spec.replicas:
             continue
         try:
-            out[(name, item.host)] = desired_model(by_name[name], item.host, hosts[item.host].data_dir, hf_endpoint)
+            want = desired_model(by_name[name], item.host, hosts[item.host].data_dir, hf_endpoint)
+            if want.url is None and item.workload.pull is not None:  # pulled by this Service's engine (Ollama)
+                ready = _readiness(item, 0)
+                want = dataclasses.replace(want, service=address(item.res.kind, item.res.name, 0, item.host),
+                                           api_port=ready.port, pull=ready.pull)
+            out[(name, item.host)] = want
         except ValueError as exc:
             checks.append(error("model-source", str(exc), f"model.{name}@{item.host}", item.host))
     return list(out.values())

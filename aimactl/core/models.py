@@ -33,6 +33,12 @@ class DesiredModel:
     """Secret source (`env:NAME` / `file:PATH`) of an access token, read on the controller at fetch time."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of `hf://` and `modelscope://` sources; None for the others."""
+    service: str | None = None
+    """Ollama models: the address of the Service replica whose Ollama pulls the model (`service.ol[0]@local`)."""
+    api_port: int | None = None
+    """Ollama models: the host port of that Service's API."""
+    pull: Any = None
+    """Ollama models: the engine catalog's pull request (an engines.catalog.Request), model name filled in."""
 
 
 def model_address(name: str, host: str) -> str:
@@ -89,3 +95,13 @@ def model_reason(want: DesiredModel, entry: Mapping[str, Any] | None) -> tuple[s
     if found is not None and found != entry.get("sha256"):
         return "replace", f"sha256 mismatch: expected {entry.get('sha256')}, found {found}"
     return "no-op", "cached, verified" if found is not None else "cached"
+
+
+def pull_reason(want: DesiredModel, entry: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(action, reason) for a model the engine pulls itself (Ollama), given what its API said (None: not asked,
+    because the Service is not running)."""
+    if entry is None:
+        return "create", f"pulled through the Ollama API of {want.service} once it is ready"
+    if not entry.get("present"):
+        return "create", f"not pulled yet in the Ollama of {want.service}"
+    return "no-op", f"present in the Ollama of {want.service}"

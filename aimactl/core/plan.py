@@ -14,7 +14,7 @@ from typing import Any
 from aimactl.core import labels as L
 from aimactl.core.checks import ERROR, Check, error, warning
 from aimactl.core.desired import Desired, DesiredContainer, HostInfo, address
-from aimactl.core.models import DesiredModel, model_reason
+from aimactl.core.models import DesiredModel, model_reason, pull_reason
 from aimactl.core.observed import Observed, ObservedContainer, ObservedHost
 from aimactl.core.spec import IN_PLACE_FIELDS, diff_fields, forces_replacement
 
@@ -299,11 +299,12 @@ def model_changes(models: list[DesiredModel], observed: Observed) -> list[Change
     changes = []
     for want in models:
         host = observed.hosts.get(want.host)
-        if want.url is None or (host is not None and not host.reachable):
+        if (want.url is None and want.service is None) or (host is not None and not host.reachable):
             continue
-        action, reason = model_reason(want, host.models.get(want.name) if host else None)
+        entry = host.models.get(want.name) if host else None
+        action, reason = model_reason(want, entry) if want.url is not None else pull_reason(want, entry)
         changes.append(Change(want.address, want.key, "model", want.name, 0, want.host, action, reason,
-                              runtime="helper", model=want))
+                              runtime="helper" if want.url is not None else "ollama", model=want))
     return changes
 
 

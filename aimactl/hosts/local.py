@@ -18,8 +18,15 @@ class LocalConnector:
 
     def run(self, argv: Sequence[str], stdin: bytes = b"",
             timeout: float | None = None) -> tuple[Iterator[str], Callable[[], Completed]]:
-        """Start the command; stdout lines stream while it runs."""
-        process = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        """Start the command; stdout lines stream while it runs. A program that cannot be started (a wrong
+        `python` in the Host manifest) is a RuntimeFailure naming it, as written."""
+        from aimactl.runtimes import RuntimeFailure
+
+        try:
+            process = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise RuntimeFailure(f"host local: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         process.stdin.write(stdin)
         process.stdin.close()

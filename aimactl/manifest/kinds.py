@@ -42,7 +42,22 @@ def _validated(parser: Any) -> Any:
     return AfterValidator(check)
 
 
+_DOMAIN = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_PATH = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+IMAGE_RE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[\w][\w.-]{{0,127}})?"
+                      r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def check_image(value: str) -> str:
+    """Reject what is not a Docker image reference (`[registry/]path[:tag][@digest]`) before any engine sees
+    it; a template left for plan time is checked by the engine then."""
+    if "{{" in value or "{%" in value or IMAGE_RE.fullmatch(value):
+        return value
+    raise ValueError(f"{value!r} is not an image reference: use [registry[:port]/]name[:tag][@sha256:digest]")
+
+
 Name = Annotated[str, AfterValidator(check_name)]
+ImageRef = Annotated[str, AfterValidator(check_image)]
 ByteSize = Annotated[str | int, _validated(units.parse_bytes)]
 Duration = Annotated[str | int | float, _validated(units.parse_duration)]
 PortSpec = Annotated[str | int, _validated(units.parse_port)]
@@ -254,7 +269,7 @@ class ServiceSpec(Placement):
     """Host port the Service is published on; allocated from the Host's `portRange` when absent."""
     container_port: Count | None = Field(default=None, ge=1, le=65535)
     """Port the engine listens on inside the container; the engine's default when absent."""
-    image: str | None = None
+    image: ImageRef | None = None
     """Container image override."""
     command: Command | None = None
     """Command override (a list of arguments, or one string split like a shell would, without a shell)."""
@@ -281,7 +296,7 @@ class ServiceSpec(Placement):
 class AppSpec(Placement):
     """A Docker application (a web UI, a vector DB, a gateway ...), usually talking to Services."""
 
-    image: str | None = None
+    image: ImageRef | None = None
     """Container image."""
     template: Literal["open-webui"] | None = None
     """Built-in App template that supplies image, ports and health (fields given here override it)."""
