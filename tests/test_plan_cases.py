@@ -29,15 +29,19 @@ from typing import Any
 import pytest
 
 from aimactl.core.desired import Desired, DesiredContainer, build_desired, secret_source
+from aimactl.core.estimate import ModelWeights
+from aimactl.core.facts import HostFacts
 from aimactl.core.observed import Listener, Observed, ObservedContainer, ObservedHost, PublishedPort
 from aimactl.core.plan import CREATE, DELETE, NOOP, REPLACE, UPDATE, Change, Plan, PlanOptions, plan
 from aimactl.core.planfile import from_dict, to_dict
 from aimactl.core.spec import IN_PLACE_FIELDS, flatten, port_text
+from aimactl.hosts.facts import facts_from_probe
 from aimactl.manifest import load_manifests, units
 from aimactl.manifest.kinds import SecretValue
 from aimactl.manifest.load import Resource
 
 CASES = Path(__file__).parent / "cases" / "plan"
+GPU_DATA = Path(__file__).parent / "data" / "gpus"
 UNKNOWN_IMAGE_ID = "sha256:unknown"
 TESTS = ("expected", "round-trip", "converges", "unique-ports", "ordered")
 """The tests every case goes through; `xfail` in expected.json names some of them."""
@@ -155,6 +159,18 @@ def parse_container(data: Mapping[str, Any]) -> ObservedContainer:
     )
 
 
+def hardware(data: Mapping[str, Any] | None) -> HostFacts | None:
+    """Host facts: `nvml` names NVML values captured from a real GPU (tests/data/gpus/*.json), the other keys
+    are the helper probe's (`cpu_count`, `mem_total`, `mem_available`, `disk: {path, total, free}`)."""
+    if data is None:
+        return None
+    gpus = json.loads((GPU_DATA / data["nvml"]).read_text()) if "nvml" in data else {"source": "none"}
+    probe = {"cpu_count": 8, "mem_total": 64 * 2**30, "mem_available": 60 * 2**30, **data}
+    for key in ("mem_total", "mem_available"):
+        probe[key] = data.get(key, gpus.get(key, probe[key]))
+    return facts_from_probe(probe, gpus)
+
+
 def parse_host(name: str, data: Mapping[str, Any]) -> ObservedHost:
     """One host of observed.json."""
     return ObservedHost(
@@ -166,6 +182,7 @@ def parse_host(name: str, data: Mapping[str, Any]) -> ObservedHost:
         listeners=[parse_listener(x) for x in data.get("listeners", [])],
         image_ids=dict(data.get("image_ids", {})),
         address=data.get("address", "127.0.0.1"),
+        facts=hardware(data.get("facts")),
     )
 
 
@@ -239,6 +256,7 @@ def load_observed(case: Case) -> Observed:
     """observed.json as an Observed, with the containers of earlier applies added."""
     data = case.observed
     observed = Observed({name: parse_host(name, host) for name, host in data.get("hosts", {}).items()})
+    observed.model_weights = {n: ModelWeights(**w) for n, w in data.get("model_weights", {}).items()}
     entries = data.get("from_manifests", [])
     for entry in entries if isinstance(entries, list) else [entries]:
         add_applied(observed, entry, case)
@@ -309,6 +327,9 @@ def describe_change(change: Change | None, wanted: Mapping[str, Any]) -> dict[st
     if "env" in wanted:
         env = change.desired.container.env if change.desired else {}
         got["env"] = {key: env.get(key) for key in wanted["env"]}
+    if "gpus" in wanted:
+        gpus = change.desired.container.gpus if change.desired else None
+        got["gpus"] = list(gpus.device_ids) if gpus and gpus.device_ids else (gpus.count if gpus else None)
     return got
 
 

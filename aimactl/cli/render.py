@@ -50,6 +50,7 @@ def plan_text(plan: Plan) -> str:
         out += ["", f"aimactl will perform the following actions on stack [bold]{plan.stack}[/bold]:", ""]
         for change in actionable:
             out += _change_lines(change)
+    out += placement_lines(plan)
     out += check_lines(plan)
     if actionable:
         s = plan.summary()
@@ -58,6 +59,23 @@ def plan_text(plan: Plan) -> str:
         unchanged = sum(c.action == NOOP for c in plan.changes)
         out.append(f"[green]No changes.[/green] The hosts match the manifests ({unchanged} up to date).")
     return "\n".join(out)
+
+
+def placement_lines(plan: Plan) -> list[str]:
+    """Where the changing Services and Apps go and why, and each Service's GPU memory estimate with its source."""
+    from aimactl.core.feasibility import estimate_line
+
+    keys = sorted({c.key for c in plan.actionable if c.kind != "model"})
+    lines = []
+    for key in keys:
+        placed = plan.placements.get(key)
+        if placed is None or (not key.startswith("service/") and not placed.gpu_count
+                              and "hostSelector" not in placed.reason):
+            continue
+        lines.append(f"  {escape(key.replace('/', '.'))} -> {escape(placed.host or '?')}: {escape(placed.reason)}")
+        if key.startswith("service/"):
+            lines.append(f"      {escape(estimate_line(placed.estimate))}")
+    return (["Placement:"] + lines + [""]) if lines else []
 
 
 def check_lines(plan: Plan) -> list[str]:

@@ -18,6 +18,7 @@ from aimactl.core.observed import Observed
 from aimactl.core.plan import Plan, PlanOptions, plan
 from aimactl.core.planfile import to_dict
 from aimactl.manifest import Manifests
+from aimactl.models.weights import model_weights
 from aimactl.runtimes import ContainerNotFound, RuntimeFailure
 
 EVENT_OF = {("create", DONE): "created", ("replace", DONE): "replaced", ("update", DONE): "updated",
@@ -48,6 +49,7 @@ def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str,
     hosts = resolve_hosts(host_infos(resources), engine_facts=native)
     connections = Connections(hosts, environ, accept_new_host_keys)
     observed = observe(connections, options.stack, images_of(resources), parallelism)
+    observed.model_weights = model_weights(resources, hosts)
     digests = secrets.digests(options.stack, secrets.secret_sources_in(resources), environ)
     image_ids = {name: host.image_ids for name, host in observed.hosts.items()}
     # connections.hosts: SSH hosts' `~` in dataDir now resolved against their remote home.

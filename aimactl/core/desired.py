@@ -16,6 +16,7 @@ from typing import Any
 from aimactl.core import labels as L
 from aimactl.core.checks import Check, error
 from aimactl.core.containers import ContainerSpec, GpuRequest, Mount, SecretEnv
+from aimactl.core.feasibility import placements as place_workloads
 from aimactl.core.models import DesiredModel, desired_model, model_infos
 from aimactl.core.observed import Observed, PublishedPort
 from aimactl.core.spec import normalise, normalise_image, spec_hash
@@ -95,6 +96,10 @@ class Desired:
     edges: dict[str, set[str]] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     hosts: dict[str, HostInfo] = field(default_factory=dict)
+    placements: dict[str, Any] = field(default_factory=dict)
+    """Workload key -> core.placement.Placement: host, GPUs per replica, GPU memory estimate, and why."""
+    surge: set[str] = field(default_factory=set)
+    """Services with `update: surge`."""
 
 
 def address(kind: str, name: str, replica: int, host: str) -> str:
@@ -210,6 +215,14 @@ def _gpus(value: Any) -> GpuRequest | None:
     return GpuRequest(device_ids=tuple(str(v) for v in value))
 
 
+def _render_gpus(chosen: Any) -> tuple[str, ...]:
+    """GPU ids to render an engine's command with: replica 0's, or `0..N-1` when only a count is known (the
+    engine's GPU flags depend on how many, not which)."""
+    if chosen is None:
+        return ()
+    return chosen.replica_gpus(0) or tuple(str(i) for i in range(chosen.gpu_count))
+
+
 def _render(value: Any, context: Mapping[str, Any]) -> Any:
     """Render deferred templates (`services.x.url`, `models.x.path`) now that the plan knows them."""
     if isinstance(value, str) and is_template(value):
@@ -235,10 +248,11 @@ class _Planned:
     host: str
     workload: Workload
     ports: list[tuple[PublishedPort, ...]] = field(default_factory=list)
+    placement: Any = None
 
 
 def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo], models: Mapping[str, Any],
-                    book: PortBook, checks: list[Check]) -> list[_Planned]:
+                    book: PortBook, checks: list[Check], placed: Mapping[str, Any] | None = None) -> list[_Planned]:
     """Place each Service and App, render its workload and give every replica its host ports.
 
     `models[host]` are the catalog ModelInfo of every Model on that host.
@@ -247,14 +261,16 @@ def _plan_workloads(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]
     for res in resources:
         if res.kind not in ("Service", "App"):
             continue
-        host = place(res, hosts)
+        chosen = (placed or {}).get(res.key)
+        host = chosen.host if chosen is not None else place(res, hosts)
         where = f"{res.kind.lower()}.{res.name}"
         if host is None:
             checks.append(error("no-host", f"no Host matches hostSelector {res.spec.host_selector}", where))
             continue
         try:
             info = hosts[host]
-            planned.append(_Planned(res, host, render_workload(res, models[host], info)))
+            workload = render_workload(res, models[host], info, _render_gpus(chosen))
+            planned.append(_Planned(res, host, workload, placement=chosen))
         except Unsupported as exc:
             checks.append(error("unsupported", str(exc), where, host))
     book.keep_only({(i.host, i.res.name, r) for i in planned for r in range(i.res.spec.replicas)})
@@ -302,6 +318,9 @@ def _container(stack: str, item: _Planned, replica: int, context: Mapping[str, A
     for key, value in spec.env.items():
         env[key] = SecretEnv(secret_source(value, base_dir)) if isinstance(value, SecretValue) \
             else _render(value, context)
+    ids = item.placement.replica_gpus(replica) if item.placement is not None else ()
+    if ids and item.workload.runtime == "process":  # a container sees only its device_requests; a process all
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
     command = item.workload.command
     if item.workload.argv_for_port and item.ports[replica]:
         command = item.workload.argv_for_port(item.ports[replica][0].host_port)
@@ -316,7 +335,7 @@ def _container(stack: str, item: _Planned, replica: int, context: Mapping[str, A
         restart=spec.restart,
         memory=units.parse_bytes(spec.resources.memory) if spec.resources.memory is not None else None,
         nano_cpus=int(spec.resources.cpus * 1e9) if spec.resources.cpus else None,
-        gpus=_gpus(spec.resources.gpus),
+        gpus=GpuRequest(device_ids=ids) if ids else _gpus(spec.resources.gpus),
         labels=dict(res.doc.metadata.labels),
         shm_size=item.workload.shm_size,
     )
@@ -364,7 +383,11 @@ def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
     hosts = dict(hosts) if hosts is not None else host_infos(resources)
     desired = Desired(hosts=hosts, edges=dependency_edges(list(resources)))
     models = {name: model_infos(resources, info.data_dir) for name, info in hosts.items()}
-    planned = _plan_workloads(resources, hosts, models, PortBook(observed, hosts, stack), desired.checks)
+    desired.placements = place_workloads(resources, {n: h.labels for n, h in hosts.items()}, observed,
+                                         observed.model_weights, desired.checks)
+    desired.surge = {r.key for r in resources if r.kind == "Service" and r.spec.update == "surge"}
+    planned = _plan_workloads(resources, hosts, models, PortBook(observed, hosts, stack), desired.checks,
+                              desired.placements)
     services = _endpoints(planned, hosts)
     desired.declared = {item.res.key: item.host for item in planned}
     desired.models = _models(planned, resources, hosts, hf_endpoint, desired.checks)

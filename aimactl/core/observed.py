@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aimactl.core import labels as L
+from aimactl.core.estimate import ModelWeights
+from aimactl.core.facts import HostFacts
 from aimactl.core.facts import HostFacts
 
 
@@ -132,6 +134,10 @@ class ObservedHost:
     """CPU, RAM, disk and GPU facts (aimactl/hosts/facts.py); None when not gathered."""
     facts_error: str | None = None
     """Why the facts could not be gathered (the host may still be reachable)."""
+    facts: HostFacts | None = None
+    """CPU, RAM, disk and GPU facts (aimactl/hosts/facts.py); None when not gathered."""
+    facts_error: str | None = None
+    """Why the facts could not be gathered (the host may still be reachable)."""
 
 
 @dataclass
@@ -139,6 +145,8 @@ class Observed:
     """The observed state of every host."""
 
     hosts: dict[str, ObservedHost] = field(default_factory=dict)
+    model_weights: dict[str, ModelWeights] = field(default_factory=dict)
+    """Model name -> its weights as the controller could read them (GGUF header, local files), for estimates."""
 
     def host(self, name: str) -> ObservedHost:
         """The observation of one host (an empty, reachable one when never observed)."""

@@ -14,6 +14,7 @@ from typing import Any
 from aimactl.core import labels as L
 from aimactl.core.checks import ERROR, Check, error, warning
 from aimactl.core.desired import Desired, DesiredContainer, HostInfo, address
+from aimactl.core.feasibility import hardware_checks
 from aimactl.core.models import DesiredModel, model_reason, pull_reason
 from aimactl.core.observed import Observed, ObservedContainer, ObservedHost
 from aimactl.core.spec import IN_PLACE_FIELDS, diff_fields, forces_replacement
@@ -79,6 +80,8 @@ class Plan:
     checks: list[Check] = field(default_factory=list)
     edges: dict[str, set[str]] = field(default_factory=dict)
     hosts: dict[str, HostInfo] = field(default_factory=dict)
+    placements: dict[str, Any] = field(default_factory=dict)
+    """Workload key -> core.placement.Placement (host, GPUs, GPU memory estimate and why)."""
 
     @property
     def errors(self) -> list[Check]:
@@ -291,6 +294,8 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
         deletes = []
     result.changes = _order(_select(changes + deletes, options, desired.edges))
     result.checks.extend(feasibility(result.changes, observed))
+    result.placements = dict(desired.placements)
+    result.checks.extend(hardware_checks(desired.placements, desired.surge, desired.hosts, result.changes, observed))
     return result
 
 

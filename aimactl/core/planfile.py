@@ -13,6 +13,7 @@ from aimactl.core.containers import ContainerSpec, GpuRequest, Mount, SecretEnv
 from aimactl.core.desired import DesiredContainer, HostInfo, Readiness
 from aimactl.core.models import DesiredModel
 from aimactl.core.observed import PublishedPort
+from aimactl.core.placement import placement_from_dict
 from aimactl.core.plan import Change, FieldDiff, Plan
 from aimactl.core.workloads import Warmup
 
@@ -94,6 +95,7 @@ def to_dict(plan: Plan) -> dict[str, Any]:
         "summary": plan.summary(),
         "edges": {k: sorted(v) for k, v in sorted(plan.edges.items())},
         "hosts": {name: _host_to_dict(h) for name, h in sorted(plan.hosts.items())},
+        "placements": {key: p.to_dict() for key, p in sorted(plan.placements.items())},
     }
 
 
@@ -110,6 +112,7 @@ def from_dict(data: dict[str, Any]) -> Plan:
         checks = [Check(**c) for c in data["checks"]]
         edges = {k: set(v) for k, v in data.get("edges", {}).items()}
         hosts = {n: _host_from_dict(h) for n, h in data.get("hosts", {}).items()}
+        placements = {k: placement_from_dict(p) for k, p in data.get("placements", {}).items()}
     except (KeyError, TypeError, IndexError) as exc:
         raise PlanFileError(f"plan file is damaged: {exc}") from None
-    return Plan(data["stack"], changes, checks, edges, hosts)
+    return Plan(data["stack"], changes, checks, edges, hosts, placements)

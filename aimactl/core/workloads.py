@@ -76,14 +76,15 @@ def _custom(res: Resource) -> Workload:
     return Workload(spec.image, command_of(spec.command, spec.args), ports, spec.health.path, spec.health.port)
 
 
-def _engine(res: Resource, model: Any, host: Any) -> Workload:
-    """A catalog engine (vllm, llamacpp, ollama, sglang, tgi) on docker or as a native process."""
+def _engine(res: Resource, model: Any, host: Any, gpu_ids: tuple[str, ...] = ()) -> Workload:
+    """A catalog engine (vllm, llamacpp, ollama, sglang, tgi) on docker or as a native process; `gpu_ids` are
+    the GPUs placement assigned (they switch on the engine's GPU flags and, natively, CUDA_VISIBLE_DEVICES)."""
     from aimactl.engines.catalog import HostFacts, load_engine, render
 
     spec = res.spec
     engine = load_engine(spec.engine)
     facts = HostFacts(python=host.python, data_dir=host.data_dir, executables=host.executables,
-                      python_modules=host.python_modules)
+                      python_modules=host.python_modules, has_gpu=bool(gpu_ids), gpu_ids=tuple(gpu_ids))
 
     def rendered(port: int | None) -> Any:
         try:
@@ -104,11 +105,11 @@ def _engine(res: Resource, model: Any, host: Any) -> Workload:
                     tuple(first.mounts), (), warmup, shm_size=first.shm_size, pull=first.pull)
 
 
-def render_workload(res: Resource, models: Mapping[str, Any], host: Any) -> Workload:
+def render_workload(res: Resource, models: Mapping[str, Any], host: Any, gpu_ids: tuple[str, ...] = ()) -> Workload:
     """Turn a Service or App into a Workload on a host (a HostInfo). `models` maps Model names to catalog
-    ModelInfo on that host."""
+    ModelInfo on that host; `gpu_ids` are the GPUs assigned to it (see aimactl/core/placement.py)."""
     if res.kind == "App":
         return _app(res)
     if res.spec.engine == "custom":
         return _custom(res)
-    return _engine(res, models.get(res.spec.model), host)
+    return _engine(res, models.get(res.spec.model), host, gpu_ids)

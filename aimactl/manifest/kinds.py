@@ -238,6 +238,9 @@ class Placement(Strict):
     """Host name to run on (`local` when there are no Host documents)."""
     host_selector: dict[str, str] | None = None
     """Labels a Host must carry; one matching host is chosen by the placement policy."""
+    placement_policy: Literal["binpack", "spread"] = "binpack"
+    """How `hostSelector` chooses among matching hosts (and GPUs within one): `binpack` fills the fullest that
+    still fits, `spread` the emptiest. A workload that runs on a matching host stays there."""
     replicas: Count = Field(default=1, ge=0)
     """How many copies to run."""
     env: dict[str, EnvValue] = Field(default_factory=dict)
