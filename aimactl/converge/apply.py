@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from aimactl.converge.observe import Connections
 from aimactl.converge.readiness import NotReady, wait_ready
 from aimactl.converge.secrets import SecretUnavailable, resolve_env
+from aimactl.core import fleet
 from aimactl.core.graph import waves
 from aimactl.core.observed import ObservedContainer
 from aimactl.core.plan import CREATE, DELETE, REPLACE, UPDATE, Change, Plan
@@ -36,6 +37,7 @@ class StepResult:
     status: str
     message: str = ""
     seconds: float = 0.0
+    host: str = ""
 
 
 class Reporter(Protocol):
@@ -59,7 +61,8 @@ class Executor:
     """Runs the changes of one plan against the hosts."""
 
     def __init__(self, connections: Connections, stack: str, reporter: Reporter, parallelism: int = 4,
-                 environ: Mapping[str, str] | None = None, stop_timeout: int = 10):
+                 environ: Mapping[str, str] | None = None, stop_timeout: int = 10,
+                 max_fail_percent: int | None = None):
         self.connections = connections
         self.stack = stack
         self.reporter = reporter
@@ -68,12 +71,19 @@ class Executor:
         self.stop_timeout = stop_timeout
         self.failed: set[str] = set()
         self.cancelled = threading.Event()
+        self.max_fail_percent = max_fail_percent
+        self.failed_hosts: set[str] = set()
+        self.total_hosts = 0
+        self._hosts_lock = threading.Lock()
         self.pulled: set[str] = set()
         """`model@host` of the models an engine pulled while its Service started (Ollama)."""
 
     def run(self, plan: Plan) -> list[StepResult]:
         """Apply every actionable change; returns one result per change, in execution order."""
         results: list[StepResult] = []
+        # Unreachable hosts count as failed for --max-fail-percent, as Ansible counts them.
+        self.failed_hosts = set(plan.unreachable)
+        self.total_hosts = len(set(plan.hosts) | {c.host for c in plan.changes} | self.failed_hosts)
         todo = plan.actionable
         deletes = [c for c in todo if c.action == DELETE]
         for group in _delete_waves(deletes, plan.edges):
@@ -105,8 +115,10 @@ class Executor:
 
     def _step(self, change: Change, edges: Mapping[str, set[str]]) -> StepResult:
         blocked = _failed_dependency(change.key, edges, self.failed)
-        if blocked:
-            result = StepResult(change.address, change.key, change.action, SKIPPED, f"dependency {blocked} failed")
+        stop = None if blocked else self._stop_reason()
+        if blocked or stop:
+            result = StepResult(change.address, change.key, change.action, SKIPPED,
+                                stop or f"dependency {blocked} failed", host=change.host)
             self.failed.add(change.key)
             self.reporter.finished(change, result)
             return result
@@ -117,9 +129,26 @@ class Executor:
         except (StepFailed, NotReady, RuntimeFailure, SecretUnavailable, HelperError) as exc:
             status, message = FAILED, str(exc)
             self.failed.add(change.key)
-        result = StepResult(change.address, change.key, change.action, status, message, time.monotonic() - start)
+            with self._hosts_lock:
+                self.failed_hosts.add(change.host)
+        result = StepResult(change.address, change.key, change.action, status, message, time.monotonic() - start,
+                            change.host)
         self.reporter.finished(change, result)
         return result
+
+    def _stop_reason(self) -> str | None:
+        """Why no new step may start (--max-fail-percent exceeded), or None.
+
+        A step first waits for a free operation slot, so that with a bounded --parallelism the steps queued
+        behind a failing host see its failure before they start.
+        """
+        if self.max_fail_percent is None:
+            return None
+        with self.slots, self._hosts_lock:
+            failed = set(self.failed_hosts)
+        if fleet.over_fail_limit(len(failed), self.total_hosts, self.max_fail_percent):
+            return fleet.stop_message(failed, self.total_hosts, self.max_fail_percent)
+        return None
 
     def _act(self, change: Change) -> tuple[str, str]:
         if change.model is not None:

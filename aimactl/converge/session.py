@@ -13,6 +13,7 @@ from typing import Any
 from aimactl.converge import secrets
 from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, Reporter, StepResult
 from aimactl.converge.observe import Connections, observe, resolve_hosts
+from aimactl.core import fleet
 from aimactl.core.desired import build_desired, host_infos, images_of
 from aimactl.core.observed import Observed
 from aimactl.core.plan import Plan, PlanOptions, plan
@@ -94,11 +95,18 @@ class Outcome:
     results: list[StepResult]
     revision: int | None
     status: str
+    hosts: list[fleet.HostSummary] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
-        """True when any step failed or was skipped."""
-        return any(r.status in (FAILED, SKIPPED) for r in self.results)
+        """True when any step failed or was skipped, or a host could not be reached."""
+        return any(r.status in (FAILED, SKIPPED) for r in self.results) or any(not h.reachable for h in self.hosts)
+
+
+def host_summary(plan: Plan, results: Sequence[StepResult] = ()) -> list[fleet.HostSummary]:
+    """Per host of the plan: reachable or not, and its steps counted by result."""
+    return fleet.host_summary(set(plan.hosts) | {c.host for c in plan.changes}, plan.checks,
+                              [(r.host, r.status) for r in results])
 
 
 def _status(results: Sequence[StepResult]) -> str:
@@ -116,7 +124,8 @@ def record(store: Any, stack: str, revision: int, results: Sequence[StepResult])
 
 
 def apply_session(session: Session, store: Any, reporter: Reporter, *, kind: str = "apply", parallelism: int = 4,
-                  environ: Mapping[str, str] | None = None, source: str | None = None) -> Outcome:
+                  environ: Mapping[str, str] | None = None, source: str | None = None,
+                  max_fail_percent: int | None = None) -> Outcome:
     """Apply the session's plan; the revision records manifests, plan and results.
 
     The caller holds the stack lock (see `stack_lock`) from before it observed and planned until this returns,
@@ -124,17 +133,21 @@ def apply_session(session: Session, store: Any, reporter: Reporter, *, kind: str
     """
     store.mark_interrupted(session.stack)
     revision = store.begin_revision(session.stack, kind, session.sources, to_dict(session.plan), source=source)
-    executor = Executor(session.connections, session.stack, reporter, parallelism, environ)
+    executor = Executor(session.connections, session.stack, reporter, parallelism, environ,
+                        max_fail_percent=max_fail_percent)
     try:
         results = executor.run(session.plan)
     except BaseException:
         store.finish_revision(revision, "interrupted", None, "interrupted")
         raise
+    hosts = host_summary(session.plan, results)
     status = _status(results)
+    if status == "succeeded" and any(not h.reachable for h in hosts):
+        status = "partial"  # the reachable hosts converged, the others were left as they were
     record(store, session.stack, revision, results)
     summary = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in (DONE, UNCHANGED, FAILED, SKIPPED))
     store.finish_revision(revision, status, [asdict(r) for r in results], summary)
-    return Outcome(results, revision, status)
+    return Outcome(results, revision, status, hosts)
 
 
 @contextmanager

@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aimactl.core import fleet
 from aimactl.core import labels as L
-from aimactl.core.checks import ERROR, Check, error, warning
+from aimactl.core.checks import Check, error, warning
 from aimactl.core.desired import Desired, DesiredContainer, HostInfo, address
 from aimactl.core.feasibility import hardware_checks
 from aimactl.core.models import DesiredModel, model_reason, pull_reason
