@@ -86,8 +86,13 @@ class Plan:
 
     @property
     def errors(self) -> list[Check]:
-        """Checks that make the plan infeasible."""
-        return [c for c in self.checks if c.severity == ERROR]
+        """Checks that make the plan infeasible (an unreachable host only takes itself out: see core/fleet)."""
+        return fleet.blocking(self.checks)
+
+    @property
+    def unreachable(self) -> dict[str, str]:
+        """Hosts left out of this plan because they could not be reached, with why."""
+        return fleet.unreachable_hosts(self.checks)
 
     @property
     def actionable(self) -> list[Change]:
@@ -267,10 +272,7 @@ def _order(changes: list[Change]) -> list[Change]:
 def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOptions()) -> Plan:
     """Compare what the manifests want with what the hosts run; return every change with its reason."""
     result = Plan(options.stack, checks=list(desired.checks), edges=desired.edges, hosts=desired.hosts)
-    for name, seen_host in sorted(observed.hosts.items()):
-        if not seen_host.reachable:
-            result.checks.append(error("host-unreachable", f"host {name} is unreachable: {seen_host.error}; its "
-                                       "resources are left untouched", host=name))
+    result.checks.extend(fleet.unreachable_checks(observed))
     result.checks.extend(warnings_for(observed))
     wanted = [] if options.destroy else desired.containers
     changes = []
@@ -287,6 +289,7 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
         replicas[(w.host, w.key)] = replicas.get((w.host, w.key), 0) + 1
     if not options.destroy:
         changes += model_changes(desired.models, observed)
+    changes = _hold_back(changes, desired, result)
     deletes = _orphans(observed.hosts, idents, desired.declared, replicas, options.destroy)
     if deletes and not desired.declared and not (options.allow_empty or options.destroy):
         count = f"all {len(deletes)} containers" if len(deletes) > 1 else "the only container"
@@ -298,6 +301,20 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
     result.placements = dict(desired.placements)
     result.checks.extend(hardware_checks(desired.placements, desired.surge, desired.hosts, result.changes, observed))
     return result
+
+
+def _hold_back(changes: list[Change], desired: Desired, result: Plan) -> list[Change]:
+    """Leave alone the changes that depend on a resource on an unreachable host (see fleet.held_back)."""
+    down = result.unreachable
+    if not down:
+        return changes
+    placements: dict[str, set[str]] = {}
+    for want in desired.containers:
+        placements.setdefault(want.key, set()).add(want.host)
+    held, checks = fleet.held_back([(c.address, c.key, c.host) for c in changes if c.action != NOOP],
+                                   desired.edges, placements, down)
+    result.checks.extend(checks)
+    return [c for c in changes if c.address not in held]
 
 
 def model_changes(models: list[DesiredModel], observed: Observed) -> list[Change]:
