@@ -81,14 +81,16 @@ EXCLUDES = typer.Option([], "--exclude", help="Leave this resource (and what nee
 REPLACES = typer.Option([], "--replace", help="Force this resource to be replaced.")
 ALLOW_EMPTY = typer.Option(False, "--allow-empty", help="Allow manifests with no workloads to prune the whole stack.")
 AUTO_APPROVE = typer.Option(False, "--auto-approve", help="Do not ask for approval.")
+VERIFY = typer.Option(False, "--verify", help="Rehash cached model files on their hosts (re-fetch on a mismatch).")
 LOCK_TIMEOUT = typer.Option("0s", "--lock-timeout", help="How long to wait for the stack lock, e.g. 30s.")
 
 
 def _common(files: list[str], stack: str, var: list[str], var_file: list[str], allow_env: bool, parallelism: int,
-            target: list[str], exclude: list[str], replace: list[str], allow_empty: bool) -> Any:
+            target: list[str], exclude: list[str], replace: list[str], allow_empty: bool, verify: bool = False) -> Any:
     from aimactl.cli.stack import Common
 
-    return Common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty)
+    return Common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty,
+                  verify)
 
 
 def _seconds(text: str) -> float:
@@ -108,12 +110,13 @@ def plan(
     output: Output = typer.Option(Output.text, "-o", "--output", help="text or json."),
     out: Path = typer.Option(None, "--out", help="Save the plan to apply it later with `aimactl apply FILE`."),
     detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 2 when there are changes."),
+    verify: bool = VERIFY,
 ) -> None:
     """Show what apply would change on the hosts, and why."""
     from aimactl.cli.stack import plan_command
 
-    plan_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty),
-                 output.value, out, detailed_exitcode)
+    plan_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty,
+                         verify), output.value, out, detailed_exitcode)
 
 
 @app.command()
@@ -122,7 +125,7 @@ def apply(
     files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
     allow_env: bool = ALLOW_ENV, parallelism: int = PARALLELISM, target: list[str] = TARGETS,
     exclude: list[str] = EXCLUDES, replace: list[str] = REPLACES, allow_empty: bool = ALLOW_EMPTY,
-    auto_approve: bool = AUTO_APPROVE, lock_timeout: str = LOCK_TIMEOUT,
+    auto_approve: bool = AUTO_APPROVE, lock_timeout: str = LOCK_TIMEOUT, verify: bool = VERIFY,
     max_fail_percent: int = typer.Option(None, "--max-fail-percent", min=0, max=100,
                                          help="Start no new step once more than this % of the hosts failed."),
 ) -> None:
@@ -131,8 +134,8 @@ def apply(
 
     if plan_file is None and not files:
         raise typer.BadParameter("give manifests with -f, or a saved plan file")
-    apply_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty),
-                  plan_file, auto_approve, _seconds(lock_timeout), max_fail_percent)
+    apply_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty,
+                          verify), plan_file, auto_approve, _seconds(lock_timeout), max_fail_percent)
 
 
 @app.command()
