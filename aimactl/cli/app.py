@@ -82,15 +82,18 @@ REPLACES = typer.Option([], "--replace", help="Force this resource to be replace
 ALLOW_EMPTY = typer.Option(False, "--allow-empty", help="Allow manifests with no workloads to prune the whole stack.")
 AUTO_APPROVE = typer.Option(False, "--auto-approve", help="Do not ask for approval.")
 VERIFY = typer.Option(False, "--verify", help="Rehash cached model files on their hosts (re-fetch on a mismatch).")
+ACCEPT_NEW_KEYS = typer.Option(False, "--accept-new-host-keys",
+                               help="Record unknown SSH host keys in knownHosts (never accepts a changed key).")
 LOCK_TIMEOUT = typer.Option("0s", "--lock-timeout", help="How long to wait for the stack lock, e.g. 30s.")
 
 
 def _common(files: list[str], stack: str, var: list[str], var_file: list[str], allow_env: bool, parallelism: int,
-            target: list[str], exclude: list[str], replace: list[str], allow_empty: bool, verify: bool = False) -> Any:
+            target: list[str], exclude: list[str], replace: list[str], allow_empty: bool, verify: bool = False,
+            accept_new_host_keys: bool = False) -> Any:
     from aimactl.cli.stack import Common
 
     return Common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty,
-                  verify)
+                  verify, accept_new_host_keys=accept_new_host_keys)
 
 
 def _seconds(text: str) -> float:
@@ -110,13 +113,13 @@ def plan(
     output: Output = typer.Option(Output.text, "-o", "--output", help="text or json."),
     out: Path = typer.Option(None, "--out", help="Save the plan to apply it later with `aimactl apply FILE`."),
     detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 2 when there are changes."),
-    verify: bool = VERIFY,
+    verify: bool = VERIFY, accept_new_host_keys: bool = ACCEPT_NEW_KEYS,
 ) -> None:
     """Show what apply would change on the hosts, and why."""
     from aimactl.cli.stack import plan_command
 
     plan_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty,
-                         verify), output.value, out, detailed_exitcode)
+                         verify, accept_new_host_keys), output.value, out, detailed_exitcode)
 
 
 @app.command()
@@ -128,6 +131,7 @@ def apply(
     auto_approve: bool = AUTO_APPROVE, lock_timeout: str = LOCK_TIMEOUT, verify: bool = VERIFY,
     max_fail_percent: int = typer.Option(None, "--max-fail-percent", min=0, max=100,
                                          help="Start no new step once more than this % of the hosts failed."),
+    accept_new_host_keys: bool = ACCEPT_NEW_KEYS,
 ) -> None:
     """Converge the hosts to the manifests (or to a saved plan), waiting for readiness."""
     from aimactl.cli.stack import apply_command
@@ -135,19 +139,21 @@ def apply(
     if plan_file is None and not files:
         raise typer.BadParameter("give manifests with -f, or a saved plan file")
     apply_command(_common(files, stack, var, var_file, allow_env, parallelism, target, exclude, replace, allow_empty,
-                          verify), plan_file, auto_approve, _seconds(lock_timeout), max_fail_percent)
+                          verify, accept_new_host_keys), plan_file, auto_approve, _seconds(lock_timeout),
+                  max_fail_percent)
 
 
 @app.command()
 def destroy(
     files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
     allow_env: bool = ALLOW_ENV, parallelism: int = PARALLELISM, auto_approve: bool = AUTO_APPROVE,
-    lock_timeout: str = LOCK_TIMEOUT,
+    lock_timeout: str = LOCK_TIMEOUT, accept_new_host_keys: bool = ACCEPT_NEW_KEYS,
 ) -> None:
     """Remove every container of the stack (dependents first)."""
     from aimactl.cli.stack import destroy_command
 
-    destroy_command(_common(files, stack, var, var_file, allow_env, parallelism, [], [], [], True), auto_approve,
+    destroy_command(_common(files, stack, var, var_file, allow_env, parallelism, [], [], [], True,
+                            accept_new_host_keys=accept_new_host_keys), auto_approve,
                     _seconds(lock_timeout))
 
 

@@ -30,6 +30,7 @@ class Common:
     replace: list[str] = field(default_factory=list)
     allow_empty: bool = False
     verify: bool = False
+    accept_new_host_keys: bool = False
 
 
 def check_stack(stack: str) -> str:
@@ -63,7 +64,7 @@ def make_session(common: Common, manifests: Any, destroy: bool = False) -> Any:
 
     options = PlanOptions(check_stack(common.stack), frozenset(common.replace), frozenset(common.targets),
                           frozenset(common.excludes), common.allow_empty, destroy, common.verify)
-    return plan_stack(manifests, options, os.environ, common.parallelism)
+    return plan_stack(manifests, options, os.environ, common.parallelism, common.accept_new_host_keys)
 
 
 def plan_command(common: Common, output: str, out: Path | None, detailed_exitcode: bool) -> None:
@@ -174,8 +175,10 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
         try:
             _nothing_to_apply(first.plan)
         finally:
+            first.connections.close(keep_connections=True)  # the SSH connections serve the plan under the lock
             first.close()
     from aimactl.converge.session import apply_session, stack_lock
+    from aimactl.hosts.hostlock import HostLockError
     from aimactl.store import StoreError
 
     try:
@@ -186,10 +189,11 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
                 console().print(plan_text(session.plan))
                 approve(auto_approve, what)
                 outcome = apply_session(session, store, LineReporter(), kind=kind, parallelism=parallelism,
-                                        environ=os.environ, source=source, max_fail_percent=max_fail_percent)
+                                        environ=os.environ, source=source, max_fail_percent=max_fail_percent,
+                                        host_lock_wait=lock_timeout)
             finally:
                 session.close()
-    except StoreError as exc:
+    except (StoreError, HostLockError) as exc:
         error(str(exc))
         raise typer.Exit(1) from None
     console().print(results_table(outcome.results))
@@ -213,7 +217,7 @@ def _saved_session(path: Path, common: Common) -> Any:
     except (OSError, ValueError, PlanFileError) as exc:
         error(f"cannot read plan file {path}: {exc}")
         raise typer.Exit(1) from None
-    session = Session(plan.stack, plan, Observed(), Connections(plan.hosts, os.environ))
+    session = Session(plan.stack, plan, Observed(), Connections(plan.hosts, os.environ, common.accept_new_host_keys))
     stale = stale_targets(session)
     if stale:
         session.close()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aimactl.core.desired import HostInfo
 from aimactl.core.observed import Observed, ObservedHost
-from aimactl.hosts.connector import Connector
+from aimactl.hosts.connector import Connector, HostUnreachable
 from aimactl.runtimes import Runtime, RuntimeFailure
 from aimactl.runtimes.docker import DockerRuntime
 from aimactl.runtimes.engine_api import DEFAULT_ENDPOINT, docker_endpoint
@@ -62,6 +62,19 @@ def resolve_hosts(hosts: Mapping[str, HostInfo], engine_facts: bool = True) -> d
     return out
 
 
+# SSH connections handed from one Connections to the next of the same command (apply plans twice: a preview,
+# then under the stack lock), so that a command connects once per host. Keyed by all that defines a connection.
+_PARKED: dict[tuple[Any, ...], tuple[SshConnector, str | None]] = {}
+_PARKED_LOCK = threading.Lock()
+
+
+def _close_parked() -> None:
+    with _PARKED_LOCK:
+        for connector, _ in _PARKED.values():
+            connector.close()
+        _PARKED.clear()
+
+
 class Connections:
     """One connector and one set of runtimes per host for the length of a command.
 
@@ -88,17 +101,26 @@ class Connections:
             from aimactl.hosts.local import LocalConnector
 
             return LocalConnector()
+        helper = None
         with self._lock:
             if host not in self._connectors:
                 from aimactl.hosts.ssh import SshConnector
 
-                self._connectors[host] = SshConnector(host, info.address, info.identity_file, info.known_hosts,
-                                                      self.accept_new_host_keys)
+                with _PARKED_LOCK:
+                    parked, helper = _PARKED.pop(self._ssh_key(host), (None, None))
+                self._connectors[host] = parked or SshConnector(host, info.address, info.identity_file,
+                                                                info.known_hosts, self.accept_new_host_keys)
             connector = self._connectors[host]
         connector.transport()
         if info.data_dir == "~" or info.data_dir.startswith("~/"):
             self.hosts[host] = dataclasses.replace(info, data_dir=connector.expand(info.data_dir))
+        if helper and posixpath.dirname(posixpath.dirname(helper)) == self.hosts[host].data_dir:
+            self._helpers[host] = helper  # uploaded (or found) earlier in this command
         return connector
+
+    def _ssh_key(self, host: str) -> tuple[Any, ...]:
+        info = self.hosts[host]
+        return host, info.address, info.identity_file, info.known_hosts, self.accept_new_host_keys
 
     def ssh(self, host: str) -> SshConnector:
         """The SSH connection of an SSH host (connected)."""
@@ -146,6 +168,15 @@ class Connections:
                 self._forwarders[host] = forwarder
         return str(forwarder.url)
 
+    def docker_problem(self, host: str, exc: Exception) -> str:
+        """Why a host's Docker engine cannot be used, naming the socket on the host rather than the private
+        forwarded one, with the reason the host's helper gave."""
+        forwarder = self._forwarders.get(host)
+        if forwarder is None or isinstance(exc, HostUnreachable):
+            return str(exc)
+        remote = (self.hosts[host].docker or DEFAULT_ENDPOINT).removeprefix("unix://")
+        return f"Docker engine at {remote} on host {host} is unavailable: {forwarder.last_error or exc}"
+
     def runtime(self, host: str, kind: str = "docker") -> Runtime:
         """The Docker or process runtime of a host."""
         key = (host, kind)
@@ -160,16 +191,25 @@ class Connections:
         runtime: Runtime = self._runtimes[key]
         return runtime
 
-    def close(self) -> None:
-        """Close every runtime, forwarder and connection."""
+    def close(self, keep_connections: bool = False) -> None:
+        """Close every runtime, forwarder and connection; `keep_connections` hands the SSH connections to the
+        next Connections of this command instead (closed when the process exits if none takes them)."""
         for runtime in self._runtimes.values():
             runtime.close()
         self._runtimes.clear()
         for forwarder in self._forwarders.values():
             forwarder.close()
         self._forwarders.clear()
-        for connector in self._connectors.values():
-            connector.close()
+        for host, connector in self._connectors.items():
+            if keep_connections:
+                with _PARKED_LOCK:
+                    if not _PARKED:
+                        import atexit
+
+                        atexit.register(_close_parked)
+                    _PARKED[self._ssh_key(host)] = (connector, self._helpers.get(host))
+            else:
+                connector.close()
         self._connectors.clear()
         self._helpers.clear()
 
@@ -226,7 +266,7 @@ def observe_host(connections: Connections, stack: str, host: str, images: Iterab
         seen.containers += managed
         seen.image_ids = docker.image_ids(images)
     except RuntimeFailure as exc:
-        seen.docker_error = str(exc)
+        seen.docker_error = connections.docker_problem(host, exc)
     if info.address == "local":
         from aimactl.hosts.procnet import local_listeners
 

@@ -125,12 +125,29 @@ def record(store: Any, stack: str, revision: int, results: Sequence[StepResult])
 
 def apply_session(session: Session, store: Any, reporter: Reporter, *, kind: str = "apply", parallelism: int = 4,
                   environ: Mapping[str, str] | None = None, source: str | None = None,
-                  max_fail_percent: int | None = None) -> Outcome:
+                  max_fail_percent: int | None = None, host_lock_wait: float = 0.0) -> Outcome:
     """Apply the session's plan; the revision records manifests, plan and results.
 
     The caller holds the stack lock (see `stack_lock`) from before it observed and planned until this returns,
-    so that no other apply can move the hosts between the plan and its execution.
+    so that no other apply can move the hosts between the plan and its execution. Each SSH host that changes is
+    also locked on the host itself (`<dataDir>/lock`), against controllers on other machines; a held lock
+    raises HostLockHeld naming its holder (after `host_lock_wait` seconds), before anything changed.
     """
+    from aimactl.hosts.hostlock import holder_name, host_locks
+
+    with host_locks(session.connections, _hosts_to_lock(session), holder_name(kind, session.stack), host_lock_wait):
+        return _apply_locked(session, store, reporter, kind, parallelism, environ, source, max_fail_percent)
+
+
+def _hosts_to_lock(session: Session) -> set[str]:
+    """The reachable SSH hosts this plan changes (the local host is covered by the stack lock)."""
+    hosts = session.connections.hosts
+    changed = {c.host for c in session.plan.actionable if c.host in hosts and hosts[c.host].address != "local"}
+    return {h for h in changed if session.observed.hosts.get(h) is None or session.observed.hosts[h].reachable}
+
+
+def _apply_locked(session: Session, store: Any, reporter: Reporter, kind: str, parallelism: int,
+                  environ: Mapping[str, str] | None, source: str | None, max_fail_percent: int | None) -> Outcome:
     store.mark_interrupted(session.stack)
     revision = store.begin_revision(session.stack, kind, session.sources, to_dict(session.plan), source=source)
     executor = Executor(session.connections, session.stack, reporter, parallelism, environ,
@@ -162,3 +179,4 @@ def stack_lock(stack: str, operation: str, wait: float, environ: Mapping[str, st
             yield store
     finally:
         store.close()
+

@@ -61,8 +61,8 @@ class SocketForwarder:
         try:
             channel = self.open_channel()
             pump(client, channel)
-            code = channel.recv_exit_status() if channel.exit_status_ready() else None
-            if code:
+            # Before the client sees the end: a dial that failed said why on stderr (e.g. no such socket).
+            if channel.recv_exit_status() not in (0, -1):
                 self.last_error = channel.makefile_stderr("rb").read().decode("utf-8", "replace").strip()
         except Exception as exc:  # a failed connection must not kill the forwarder; the client sees EOF
             self.last_error = str(exc)
@@ -86,7 +86,8 @@ class SocketForwarder:
 
 
 def pump(client: socket.socket, channel: Any) -> None:
-    """Copy bytes between a socket and a paramiko channel until both directions reached EOF (or one broke)."""
+    """Copy bytes between a socket and a paramiko channel until the channel ends (or the client broke); the
+    caller closes the client."""
     client_open, channel_open = True, True
     while channel_open:
         watched = [channel] + ([client] if client_open else [])
@@ -102,8 +103,6 @@ def pump(client: socket.socket, channel: Any) -> None:
             data = channel.recv(CHUNK)
             if not data:
                 channel_open = False
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_WR)
             else:
                 try:
                     client.sendall(data)
