@@ -798,10 +798,16 @@ NVIDIA_SMI_FIELDS = ("index", "uuid", "name", "memory.total", "memory.used", "me
 NOT_SUPPORTED = "N/A"
 
 
+def _pynvml():
+    """pynvml when the host has it (optional: the helper itself needs only the standard library)."""
+    import importlib
+
+    return importlib.import_module("pynvml")
+
+
 def _nvml_value(call, *args):
     """One NVML query; NOT_SUPPORTED (unified memory, consumer boards) becomes "N/A", other failures None."""
-    import pynvml
-
+    pynvml = _pynvml()
     try:
         return call(*args)
     except pynvml.NVMLError as exc:
@@ -815,8 +821,7 @@ def _text(value):
 
 def _nvml_gpu(index: int) -> dict:
     """Raw values of one GPU through NVML: bytes, percent, Celsius, milliwatts; parsed on the controller."""
-    import pynvml
-
+    pynvml = _pynvml()
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     memory = _nvml_value(pynvml.nvmlDeviceGetMemoryInfo, handle)
     util = _nvml_value(pynvml.nvmlDeviceGetUtilizationRates, handle)
@@ -837,8 +842,7 @@ def _nvml_gpu(index: int) -> dict:
 
 def _probe_nvml() -> dict:
     """GPU facts through pynvml (raises ImportError without it, pynvml.NVMLError without a driver)."""
-    import pynvml
-
+    pynvml = _pynvml()
     pynvml.nvmlInit()
     try:
         driver = _nvml_value(pynvml.nvmlSystemGetDriverVersion)
