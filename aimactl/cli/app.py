@@ -242,6 +242,38 @@ def unlock(
 
 
 @app.command()
+def reconcile(
+    files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
+    allow_env: bool = ALLOW_ENV, parallelism: int = PARALLELISM, allow_empty: bool = ALLOW_EMPTY,
+    git: str = typer.Option(None, "--git", help="Repository URL to pull manifests from (cloned with git)."),
+    branch: str = typer.Option("main", "--branch", help="Branch of --git to follow."),
+    path: str = typer.Option(".", "--path", help="Directory of the manifests inside the repository."),
+    interval: str = typer.Option("30s", "--interval", help="Time between full passes (and git fetches)."),
+    once: bool = typer.Option(False, "--once", help="One pass, then exit (0 when converged, 1 otherwise)."),
+    retry: list[str] = typer.Option([], "--retry", help="Clear NAME's backoff / Stalled state so the running loop "
+                                    "tries it again now, then exit (repeatable)."),
+    metrics_addr: str = typer.Option(None, "--metrics-addr", help="Serve Prometheus metrics, e.g. 127.0.0.1:9464."),
+    retry_budget: int = typer.Option(5, "--retry-budget", min=1, help="Failures before a resource is Stalled."),
+    backoff: str = typer.Option("5s", "--backoff", help="First wait after a failure; doubles each time."),
+    max_backoff: str = typer.Option("5m", "--max-backoff", help="Longest wait between attempts."),
+    lock_timeout: str = typer.Option("2s", "--lock-timeout", help="How long a pass waits for the stack lock."),
+    output: Output = typer.Option(Output.text, "-o", "--output", help="text, or json (one object per pass)."),
+) -> None:
+    """Keep the hosts converged to the manifests (a directory or a git branch): heal drift, retry with backoff."""
+    from aimactl.cli.reconcile import LoopFlags, reconcile_command, retry_command
+
+    if retry:
+        retry_command(stack, retry)
+        return
+    seconds = _seconds(interval)
+    if seconds <= 0:
+        raise typer.BadParameter("must be more than 0", param_hint="--interval")
+    flags = LoopFlags(git, branch, path, seconds, once, metrics_addr, output.value, retry_budget, _seconds(backoff),
+                      _seconds(max_backoff), _seconds(lock_timeout))
+    reconcile_command(_common(files, stack, var, var_file, allow_env, parallelism, [], [], [], allow_empty), flags)
+
+
+@app.command()
 def watch(
     files: list[str] = OPT_FILES, stack: str = STACK, var: list[str] = VARS, var_file: list[str] = VAR_FILES,
     allow_env: bool = ALLOW_ENV,

@@ -43,11 +43,29 @@ def _statuses(common: Common, kind: str | None) -> list[Any]:
     return rows
 
 
+def _reconcile_states(stack: str) -> tuple[dict[str, str], list[Any]]:
+    """What the reconcile loop recorded: Stalled reasons (by address and kind/name) and every replica's state."""
+    from aimactl.store import StoreError, default_state_dir, open_store
+    from aimactl.store.resources import load_states, stalled_resources
+
+    if not (default_state_dir(os.environ) / "aimactl.db").exists():
+        return {}, []
+    try:
+        store = open_store(environ=os.environ)
+    except StoreError:
+        return {}, []
+    try:
+        return stalled_resources(store, stack), list(load_states(store, stack).values())
+    finally:
+        store.close()
+
+
 def get_command(common: Common, what: str, output: str) -> None:
     """A table of Services or Apps (wide adds image, containers and sync); json/yaml for machines."""
     rows = _statuses(common, _kind(what))
+    stalled, _ = _reconcile_states(common.stack)
     if output in ("json", "yaml"):
-        data = [r.to_dict() for r in rows]
+        data = [{**r.to_dict(), "stalled": stalled.get(f"{r.kind}/{r.name}")} for r in rows]
         if output == "json":
             print_json(data)
         else:
@@ -64,7 +82,8 @@ def get_command(common: Common, what: str, output: str) -> None:
         table.add_column(column)
     for r in rows:
         desired = r.desired if r.desired is not None else len(r.containers)
-        cells = [r.name, r.host, f"{r.ready}/{desired}", r.state, str(r.restarts), r.endpoint]
+        state = "Stalled" if f"{r.kind}/{r.name}" in stalled else r.state
+        cells = [r.name, r.host, f"{r.ready}/{desired}", state, str(r.restarts), r.endpoint]
         if output == "wide":
             image = r.containers[0].image if r.containers else ""
             cells += [r.sync, image, ",".join(c.id[:12] for c in r.containers)]
@@ -81,16 +100,31 @@ def describe_command(common: Common, ref: str) -> None:
 
     kind_word, _, name = ref.partition("/")
     kind = _kind(kind_word)
-    rows = [r for r in _statuses(common, kind) if r.name == name]
+    session, found = _observe(common, kind)
+    session.close()
+    rows = [r for r in found if r.name == name]
+    placed = session.plan.placements.get(f"{kind}/{name}") if common.files else None
     if not rows:
         error(f"{kind} {name!r} not found in stack {common.stack}")
         raise typer.Exit(1)
+    stalled, loop_states = _reconcile_states(common.stack)
     out = console()
     for row in rows:
         out.print(f"[bold]Name:[/bold]      {escape(row.name)}\n[bold]Kind:[/bold]      {row.kind}\n"
                   f"[bold]Host:[/bold]      {escape(row.host)}\n[bold]Status:[/bold]    {row.state} "
                   f"({row.ready}/{row.desired if row.desired is not None else len(row.containers)} ready)\n"
                   f"[bold]Sync:[/bold]      {row.sync}\n[bold]Endpoint:[/bold]  {escape(row.endpoint)}")
+        if placed is not None:
+            from aimactl.core.feasibility import estimate_line
+
+            out.print(f"[bold]Placement:[/bold] {escape(placed.reason)}")
+            if kind == "service":
+                out.print(f"[bold]GPU memory:[/bold] {escape(estimate_line(placed.estimate))}")
+        for state in [s for s in loop_states if s.key == f"{row.kind}/{row.name}"]:
+            extra = f"; {escape(stalled[state.resource])}" if state.resource in stalled else \
+                f"; last failure: {escape(state.reason)}" if state.reason else ""
+            out.print(f"[bold]Reconcile:[/bold] {escape(state.resource)}: {state.sync}, {escape(state.health)}"
+                      f"{extra}")
         spec = row.containers[0].spec if row.containers else None
         if spec:
             from ruamel.yaml import YAML

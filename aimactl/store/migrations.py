@@ -86,8 +86,28 @@ CREATE TABLE locks (
 );
 """
 
+RESOURCE_STATES = """
+CREATE TABLE resource_states (
+    stack           TEXT NOT NULL,
+    resource        TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    desired_hash    TEXT,
+    sync            TEXT NOT NULL DEFAULT 'unknown',
+    health          TEXT NOT NULL DEFAULT 'unknown',
+    failures        INTEGER NOT NULL DEFAULT 0,
+    next_retry_at   TEXT,
+    stalled         INTEGER NOT NULL DEFAULT 0,
+    reason          TEXT NOT NULL DEFAULT '',
+    retry_requested INTEGER NOT NULL DEFAULT 0,
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (stack, resource)
+);
+CREATE INDEX resource_states_by_key ON resource_states (stack, key);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "revisions, events and locks", INITIAL_SCHEMA),
+    Migration(2, "reconcile state per resource: sync, health, backoff, stalled", RESOURCE_STATES),
 )
 
 _MIGRATIONS_TABLE = """

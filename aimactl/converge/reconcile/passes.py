@@ -1,0 +1,270 @@
+"""One reconcile pass over one revision of the manifests: observe, plan, choose, apply under the lock, record.
+
+Observation and the first plan run without the lock; only when there is work is the lock taken, the plan made
+again under it (so nothing moved in between) and applied. A pass never raises for a host, engine or step
+problem: those become waiting changes, failures with backoff, or events.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, Reporter, StepResult
+from aimactl.converge.reconcile.backoff import Policy, Selection, desired_hash, record_failure, record_success, select
+from aimactl.converge.reconcile.backoff import without as plan_without
+from aimactl.converge.reconcile.metrics import Metrics
+from aimactl.converge.session import Session, plan_stack, record
+from aimactl.core.plan import NOOP, Plan, PlanOptions
+from aimactl.core.planfile import to_dict
+from aimactl.store.resources import load_states, save_states, take_retry_requests
+
+TRANSIENT_CHECKS = ("host-unreachable", "docker-unavailable")
+"""Plan errors that say "cannot reach it now": retried next pass, never counted against the retry budget."""
+
+
+@dataclass
+class PassReport:
+    """What one pass saw and did, for the log line (text or JSON) and the tests."""
+
+    number: int
+    trigger: list[str]
+    source: str = ""
+    result: str = "ok"
+    """ok | idle | failed | blocked | error | stopped"""
+    applied: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    drift: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
+    stalled: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    """Replicas that had failed and now answer their health check."""
+    errors: list[str] = field(default_factory=list)
+    revision: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (`reconcile -o json` prints one per line)."""
+        return asdict(self)
+
+
+@dataclass
+class Context:
+    """What every pass of one loop shares."""
+
+    stack: str
+    store: Any
+    environ: Mapping[str, str]
+    reporter: Reporter
+    metrics: Metrics
+    stop: threading.Event
+    policy: Policy = Policy()
+    parallelism: int = 4
+    lock_wait: float = 2.0
+    allow_empty: bool = False
+    reported: dict[str, str] = field(default_factory=dict)
+    """Address -> the last drift or error text recorded as an event, so a lasting problem is recorded once."""
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+
+
+def _blocked(plan: Plan) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Plan errors split three ways: transient ones per address, lasting ones per address, global ones."""
+    transient: dict[str, str] = {}
+    lasting: dict[str, str] = {}
+    overall: list[str] = []
+    for check in plan.errors:
+        targets = [c.address for c in plan.changes if c.address == check.address
+                   or (not check.address and check.host and c.host == check.host)]
+        if not check.address and not check.host:
+            overall.append(f"{check.code}: {check.message}")
+        for address in targets:
+            (transient if check.code in TRANSIENT_CHECKS else lasting)[address] = f"{check.code}: {check.message}"
+    return transient, lasting, overall
+
+
+def _event_once(ctx: Context, resource: str, kind: str, message: str, revision: int | None = None) -> None:
+    """Record an event unless the same text was the last one recorded for this resource."""
+    if ctx.reported.get(resource) == f"{kind}:{message}":
+        return
+    ctx.reported[resource] = f"{kind}:{message}"
+    ctx.store.add_event(ctx.stack, resource, kind, message, revision)
+
+
+def _plan(ctx: Context, manifests: Any) -> Session:
+    options = PlanOptions(ctx.stack, allow_empty=ctx.allow_empty)
+    return plan_stack(manifests, options, ctx.environ, ctx.parallelism)
+
+
+def _choose(ctx: Context, session: Session, self_heal: Mapping[str, bool], report: PassReport,
+            retried: Collection[str] = (), count: bool = True) -> Selection:
+    """Select the work of this pass; lasting plan errors (a port taken, an image missing) count as failed
+    attempts when due, and only when `count` (the plan made under the lock)."""
+    transient, lasting, overall = _blocked(session.plan)
+    states = load_states(ctx.store, ctx.stack)
+    unhealthy = {}
+    for change in session.plan.changes:
+        state = states.get(change.address)
+        suspect = state is not None and (state.failures or state.stalled) or change.address in retried
+        if change.action == NOOP and change.desired is not None and suspect:
+            health = _health(change, session, {})
+            if health == "healthy":
+                report.recovered.append(change.address)
+            else:
+                unhealthy[change.address] = health.removeprefix("unhealthy: ")
+    sel = select(session.plan, states, self_heal, ctx.now(), transient, unhealthy)
+    report.errors = overall
+    if overall:
+        sel.waiting.update({c.address: "; ".join(overall) for c in sel.work})
+        sel.work = []
+    for change in [c for c in sel.work if c.address in lasting and count]:
+        sel.work.remove(change)
+        _fail(ctx, sel, change.address, desired_hash(change), lasting[change.address], report)
+    report.waiting.update(sel.waiting)
+    return sel
+
+
+def _fail(ctx: Context, sel: Selection, address: str, wanted: str | None, reason: str, report: PassReport,
+          revision: int | None = None) -> None:
+    state = sel.states[address]
+    report.failed[address] = reason
+    ctx.metrics.add("heal_failures")
+    if record_failure(state, wanted, reason, ctx.now(), ctx.policy):
+        report.stalled.append(address)
+        ctx.store.add_event(ctx.stack, address, "stalled", f"Stalled after {state.failures} failures: {reason}",
+                            revision)
+    else:
+        _event_once(ctx, address, "failed", f"attempt {state.failures} of {ctx.policy.budget} failed, next in "
+                    f"{ctx.policy.delay(state.failures):g}s: {reason}", revision)
+
+
+def apply_selection(ctx: Context, session: Session, sel: Selection, source: str) -> tuple[int, list[StepResult]]:
+    """Apply the selected changes as one `reconcile` revision (the caller holds the lock)."""
+    plan = plan_without(session.plan, sel.work)
+    ctx.store.mark_interrupted(ctx.stack)
+    revision = ctx.store.begin_revision(ctx.stack, "reconcile", session.sources, to_dict(plan), source=source)
+    for address, text in sel.drift.items():
+        ctx.store.add_event(ctx.stack, address, "drift", f"drifted: {text}", revision)
+    executor = Executor(session.connections, ctx.stack, ctx.reporter, ctx.parallelism, ctx.environ)
+    executor.cancelled = ctx.stop  # SIGTERM: readiness waits give up, Docker calls in flight complete
+    try:
+        results = executor.run(plan)
+    except BaseException:
+        ctx.store.finish_revision(revision, "interrupted", None, "interrupted")
+        raise
+    bad = sum(r.status in (FAILED, SKIPPED) for r in results)
+    good = sum(r.status in (DONE, UNCHANGED) for r in results)
+    status = "succeeded" if not bad else "failed" if not good else "partial"
+    status = "interrupted" if ctx.stop.is_set() and bad else status
+    record(ctx.store, ctx.stack, revision, results)
+    summary = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in (DONE, UNCHANGED, FAILED, SKIPPED))
+    ctx.store.finish_revision(revision, status, [asdict(r) for r in results], summary)
+    return revision, results
+
+
+def _settle(ctx: Context, sel: Selection, session: Session, results: list[StepResult], revision: int,
+            report: PassReport) -> None:
+    """Per-resource bookkeeping after an apply: success resets backoff, failure counts against the budget."""
+    wanted = {c.address: desired_hash(c) for c in session.plan.changes}
+    for r in results:
+        if r.address not in sel.states:
+            continue
+        if r.status in (DONE, UNCHANGED):
+            record_success(sel.states[r.address], wanted.get(r.address))
+            report.applied[r.address] = r.message
+            if r.address in sel.drift:
+                ctx.metrics.add("heals")
+                ctx.store.add_event(ctx.stack, r.address, "healed", f"healed: {r.message}", revision)
+            ctx.reported.pop(r.address, None)
+        elif r.status == FAILED and not ctx.stop.is_set():
+            _fail(ctx, sel, r.address, wanted.get(r.address), r.message, report, revision)
+        elif r.status == SKIPPED:
+            report.waiting[r.address] = r.message
+
+
+def converge(ctx: Context, manifests: Any, source: str, report: PassReport, new_revision: bool) -> Plan | None:
+    """Plan the manifests against the hosts and apply what is due; returns the plan (None when the lock was
+    held by someone else: try again soon)."""
+    from aimactl.store import LockHeld, acquire
+
+    self_heal = {r.key: bool(r.spec.self_heal) for r in manifests.resources if r.kind in ("Service", "App")}
+    retried = take_retry_requests(ctx.store, ctx.stack)
+    if retried:
+        report.trigger.append("retry requested: " + ", ".join(retried))
+    session = _plan(ctx, manifests)
+    try:
+        sel = _choose(ctx, session, self_heal, report, retried, count=False)
+        if not sel.work and not new_revision:
+            _finish(ctx, sel, session, report)
+            return session.plan
+    finally:
+        session.close()
+    try:
+        lock = acquire(ctx.store, ctx.stack, "reconcile", wait=ctx.lock_wait)
+    except LockHeld as exc:
+        report.result = "blocked"
+        report.errors.append(f"stack locked by {exc.holder} (pid {exc.pid}) for {exc.operation}; retrying")
+        return None
+    with lock:
+        session = _plan(ctx, manifests)
+        try:
+            report.waiting.clear()
+            report.recovered.clear()
+            sel = _choose(ctx, session, self_heal, report, retried)
+            report.drift = dict(sel.drift)
+            ctx.metrics.add("drift", len(sel.drift))
+            revision, results = apply_selection(ctx, session, sel, source)
+            report.revision = revision
+            _settle(ctx, sel, session, results, revision, report)
+        finally:
+            session.close()
+    _finish(ctx, sel, session, report)
+    return session.plan
+
+
+def _health(change: Any, session: Session, applied: Mapping[str, str]) -> str:
+    """Health apart from sync: a replica answers its health path (or runs, without one)."""
+    from aimactl.converge.readiness import probe
+
+    if change.address in applied:
+        return "healthy"
+    want = change.desired
+    if want is None:
+        return "healthy" if change.action == NOOP else "missing"
+    host = session.observed.hosts.get(change.host)
+    seen = next((c for c in (host.containers if host else []) if c.id == change.container_id), None)
+    if seen is None:
+        return "missing"
+    if not seen.running:
+        return f"unhealthy: {seen.state}" + (f" ({seen.exit_code})" if seen.exit_code is not None else "")
+    if not (want.readiness.path and want.readiness.port):
+        return "healthy"
+    where = session.plan.hosts[change.host].url_host if change.host in session.plan.hosts else "127.0.0.1"
+    problem = probe(f"http://{where}:{want.readiness.port}{want.readiness.path}", timeout=1.0)
+    return f"unhealthy: {problem}" if problem else "healthy"
+
+
+def _finish(ctx: Context, sel: Selection, session: Session, report: PassReport) -> None:
+    """Report selfHeal: false drift once, store every state of this plan (forgetting addresses gone from it)."""
+    plan = session.plan
+    for address in report.recovered:
+        ctx.store.add_event(ctx.stack, address, "recovered", "ready again: its health check answers")
+    for address, text in sel.report_only.items():
+        _event_once(ctx, address, "drift", f"drifted (selfHeal: false, left alone): {text}")
+        report.drift[address] = f"left alone (selfHeal: false): {text}"
+    addresses = {c.address for c in plan.changes}
+    for change in plan.changes:
+        if change.address in sel.states and change.action != "delete":
+            sel.states[change.address].health = _health(change, session, report.applied)
+    save_states(ctx.store, ctx.stack, [s for a, s in sel.states.items() if a in addresses], forget_others=True)
+    stalled = sum(s.stalled for a, s in sel.states.items() if a in addresses)
+    ctx.metrics.set_stalled(stalled)
+    if report.result == "ok":
+        if report.failed or report.errors:
+            report.result = "failed"
+        elif report.waiting:
+            report.result = "waiting"
+        else:
+            ctx.metrics.applied()
