@@ -220,3 +220,14 @@ def test_workloads_on_an_unreachable_host_stay_listed() -> None:
     assert [(w.name, w.host, w.sync, w.reason, w.health, w.desired) for w in rows] == [
         ("chat", "local", SYNCED, "", "running", 1),
         ("queue", "edge-2", UNKNOWN, "host unreachable: connection refused", "unknown", 2)]
+
+
+def test_changes_held_back_by_an_unreachable_dependency_say_so() -> None:
+    from aimactl.core.checks import warning
+
+    observed = Observed({"local": ObservedHost("local", containers=[container("web", kind="app")]),
+                         "edge-2": ObservedHost("edge-2", reachable=False, error="connection refused")})
+    why = "app.web[0]@local is left as it is: it depends on service/api, which runs on unreachable host edge-2"
+    plan = Plan(STACK, checks=[warning("held-back", why, "app.web[0]@local", "local")])
+    [row] = dashboard(STACK, "now", observed, plan).workloads
+    assert (row.name, row.sync, row.reason, row.health) == ("web", OUT_OF_SYNC, f"held back: {why}", "running")

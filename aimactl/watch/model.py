@@ -21,14 +21,14 @@ SYNCED, OUT_OF_SYNC, STALLED, UNKNOWN = "Synced", "OutOfSync", "Stalled", "Unkno
 
 @dataclass(frozen=True)
 class HostRow:
-    """One host: reachable or why not, CPU and memory when the host facts have them."""
+    """One host: reachable or why not, CPUs and memory when the host facts have them (the facts carry no CPU
+    utilisation)."""
 
     name: str
     reachable: bool
     status: str
     """reachable | unreachable | no docker"""
     detail: str = ""
-    cpu_percent: float | None = None
     cpu_count: int | None = None
     mem_used: int | None = None
     mem_total: int | None = None
@@ -119,33 +119,28 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _facts(host: ObservedHost) -> Any:
-    """The host's hardware facts (`core.facts.HostFacts`) when the observation gathered them, else None."""
-    return getattr(host, "facts", None)
-
-
 def host_row(host: ObservedHost) -> HostRow:
-    """Reachability from the observation; CPU and memory from the host facts when they were gathered."""
+    """Reachability from the observation; CPUs and memory in use from the host facts when they were gathered."""
     if not host.reachable:
         return HostRow(host.name, False, "unreachable", host.error or "")
-    facts = _facts(host)
     status, detail = ("no docker", host.docker_error) if host.docker_error else ("reachable", "")
-    total, available = getattr(facts, "mem_total", None), getattr(facts, "mem_available", None)
-    used = total - available if isinstance(total, int) and isinstance(available, int) else None
-    return HostRow(host.name, True, status, detail or "", _num(getattr(facts, "cpu_percent", None)),
-                   getattr(facts, "cpu_count", None), used, total)
+    facts = host.facts
+    if facts is None:
+        return HostRow(host.name, True, status, detail or "")
+    total, available = facts.mem_total, facts.mem_available
+    used = total - available if total is not None and available is not None else None
+    return HostRow(host.name, True, status, detail or "", facts.cpu_count, used, total)
 
 
 def gpu_rows(host: ObservedHost) -> list[GpuRow]:
     """The host's GPUs from its facts (none when it has no GPU or no facts were gathered). Memory is the
     facts' usable and used memory, so a unified-memory GPU (GB10) shows its share of system RAM."""
-    facts = _facts(host)
-    rows = []
-    for gpu in getattr(facts, "gpus", None) or ():
-        rows.append(GpuRow(host.name, gpu.index, gpu.name, _num(gpu.utilization), facts.used_memory(gpu),
-                           facts.usable_memory(gpu), _num(gpu.temperature), _num(gpu.power_draw),
-                           _num(gpu.power_limit)))
-    return rows
+    facts = host.facts
+    if facts is None:
+        return []
+    return [GpuRow(host.name, gpu.index, gpu.name, _num(gpu.utilization), facts.used_memory(gpu),
+                   facts.usable_memory(gpu), _num(gpu.temperature), _num(gpu.power_draw), _num(gpu.power_limit))
+            for gpu in facts.gpus]
 
 
 def _health(status: ResourceStatus) -> str:
@@ -156,10 +151,13 @@ def _health(status: ResourceStatus) -> str:
     return status.state
 
 
-def _sync(changes: Sequence[Change], reachable: bool) -> tuple[str, str]:
-    """Synced when the plan only keeps the resource as it is; else OutOfSync with the plan's first reason."""
+def _sync(changes: Sequence[Change], reachable: bool, held: str | None = None) -> tuple[str, str]:
+    """Synced when the plan only keeps the resource as it is; else OutOfSync with the plan's first reason, or the
+    reason the planner held its changes back (a dependency on an unreachable host)."""
     if not reachable:
         return UNKNOWN, "host unreachable"
+    if held:
+        return OUT_OF_SYNC, f"held back: {held}"
     if not changes:
         return UNKNOWN, "not planned"
     pending = [c for c in changes if c.action != NOOP]
@@ -184,16 +182,19 @@ def workload_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, s
     by_resource: dict[tuple[str, str, str], list[Change]] = {}
     for change in plan.changes if plan else ():
         by_resource.setdefault((change.kind, change.name, change.host), []).append(change)
+    held = {(c.address.split(".", 1)[0], c.address.split(".", 1)[-1].split("[", 1)[0], c.host): c.message
+            for c in (plan.checks if plan else ()) if c.code == "held-back" and c.address}
     rows = []
     for status in statuses(observed, plan):
         if status.kind == "model":
             continue
-        changes = by_resource.get((status.kind, status.name, status.host), [])
+        where = (status.kind, status.name, status.host)
+        changes = by_resource.get(where, [])
         host = observed.hosts.get(status.host)
         if plan is None:
             sync, reason = UNKNOWN, "no manifests given (-f)"
         else:
-            sync, reason = _sync(changes, host is None or host.reachable)
+            sync, reason = _sync(changes, host is None or host.reachable, held.get(where))
         why = _stalled_reason(stalled, f"{status.kind}/{status.name}", changes)
         if why is not None:
             sync, reason = STALLED, why

@@ -74,19 +74,17 @@ def _table(*columns: str, wide: bool = True) -> Any:
 
 
 def hosts_table(rows: list[HostRow], wide: bool = True) -> Any:
-    """HOST, STATUS (with why, when not simply reachable), CPU and RAM bars (shorter when narrow)."""
+    """HOST, STATUS (with why, when not simply reachable), CPUs, and RAM in use as a bar (shorter when narrow)."""
     table = _table("HOST", "STATUS~", "CPU", "RAM", wide=wide)
     n = BAR if wide else NARROW_BAR
     for h in rows:
         status = cell(h.status, "green" if h.status == "reachable" else "red")
         if h.detail:
             status.append(f": {h.detail}", "dim")
-        cpu = None if h.cpu_percent is None else h.cpu_percent / 100
         cores = f"{h.cpu_count} cores" if h.cpu_count else "-"
-        cpu_label = cores if cpu is None else f"{h.cpu_percent:.0f}% of {cores}"
         ram = _ratio(h.mem_used, h.mem_total)
         ram_label = "-" if h.mem_total is None else f"{size(h.mem_used)}/{size(h.mem_total)}"
-        table.add_row(cell(h.name), status, _gauge(cpu, cpu_label, n), _gauge(ram, ram_label, n))
+        table.add_row(cell(h.name), status, cell(cores), _gauge(ram, ram_label, n))
     return table
 
 
