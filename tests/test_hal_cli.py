@@ -107,3 +107,12 @@ def test_plan_estimates_from_the_gguf_header(tmp_path: Path) -> None:
     assert estimate["source"] == "from GGUF header"
     assert estimate["bytes"] == int(465152 * 1.2) + 256 * 2**20
     assert "F32" in estimate["detail"]
+
+
+def test_describe_shows_placement_and_the_estimate_source(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, _worker("small", 1, "6GiB", 9405))
+    done = _run(tmp_path, "describe", "service/small", "-f", manifest, fake="h100.json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Placement: on local, the default host (no host or hostSelector); [0] GPU 0 (binpack)" in done.stdout
+    assert "GPU memory: needs ~6.0 GiB of GPU memory per replica (declared: resources.gpuMemory 6.0 GiB)" \
+        in done.stdout
