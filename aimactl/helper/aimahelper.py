@@ -953,6 +953,9 @@ def verb_lock(params: dict) -> dict:
         current = read_json(path)
         now = time.time()
         live = current is not None and float(current.get("expires_at", 0)) > now
+        # The controller read this lock and saw that its holder, on the controller's own machine, is dead.
+        if live and params.get("take_over") and params.get("take_over") == current.get("token"):
+            live = False
         if live and current.get("token") != token:
             who = {k: current.get(k) for k in ("holder", "pid", "hostname", "acquired", "expiry")}
             raise HelperError("locked", f"held by {who['holder']} (pid {who['pid']} on {who['hostname']}) since "

@@ -53,6 +53,8 @@ class HostLocks:
         self.ttl = ttl
         self.token = uuid.uuid4().hex
         self.held: list[str] = []
+        self.take_over: dict[str, str] = {}
+        """Host -> the token of a lock whose holder died on this machine (see `_holder_died`)."""
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -61,7 +63,8 @@ class HostLocks:
         helper = self.connections.helper_path(host)
         info = self.connections.hosts[host]  # dataDir `~` is resolved once the host is connected
         payload = {"path": lock_path(info.data_dir), "token": self.token, "holder": self.holder,
-                   "pid": os.getpid(), "hostname": socket.gethostname(), "ttl": self.ttl}
+                   "pid": os.getpid(), "hostname": socket.gethostname(), "ttl": self.ttl,
+                   "take_over": self.take_over.get(host)}
         return call_helper(connector, info.python, helper, verb, payload, timeout=60)
 
     def acquire(self, host: str, wait: float = 0.0) -> None:
@@ -75,11 +78,30 @@ class HostLocks:
             except HelperError as exc:
                 if exc.code != "locked":
                     raise HostLockError(f"host {host}: cannot take its lock: {exc.message}") from None
+                if host not in self.take_over and self._holder_died(host):
+                    continue
                 if time.monotonic() >= deadline:
                     raise HostLockHeld(f"host {host} is locked by another controller: {exc.message}") from None
             except RuntimeFailure as exc:
                 raise HostLockError(f"host {host}: cannot take its lock: {exc}") from None
             time.sleep(RETRY_S)
+
+    def _holder_died(self, host: str) -> bool:
+        """True when the lock on `host` was taken by a controller on this machine whose process is gone (a
+        run that lost the host mid-way could not release it): that lock may be taken over at once instead
+        of after its expiry."""
+        import json
+
+        info = self.connections.hosts[host]
+        try:
+            current = json.loads(self.connections.connector(host).get(lock_path(info.data_dir)))
+            pid, token = int(current["pid"]), str(current["token"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeFailure):
+            return False
+        if current.get("hostname") != socket.gethostname() or pid == os.getpid() or _alive(pid):
+            return False
+        self.take_over[host] = token
+        return True
 
     def start_renewing(self) -> None:
         """Renew every held lock each third of its lifetime, in a background thread."""
@@ -103,6 +125,17 @@ class HostLocks:
             except RuntimeFailure:
                 pass
         self.held.clear()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
