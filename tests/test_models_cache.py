@@ -7,12 +7,15 @@ import functools
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,15 @@ class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        """slow.bin trickles out (64 KiB every 20 ms) so that a fetch lasts long enough to show progress."""
+        if not self.path.endswith("slow.bin"):
+            super().copyfile(source, outputfile)
+            return
+        for chunk in iter(lambda: source.read(64 * 1024), b""):
+            outputfile.write(chunk)
+            time.sleep(0.02)
+
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[str]:
@@ -30,6 +42,7 @@ def hub(tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "hub"
     (root / "org" / "repo" / "resolve" / "v1.0").mkdir(parents=True)
     (root / "org" / "repo" / "resolve" / "v1.0" / "w.bin").write_bytes(WEIGHTS[::-1])
+    (root / "org" / "repo" / "resolve" / "v1.0" / "slow.bin").write_bytes(WEIGHTS * 4)
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -153,3 +166,48 @@ def test_gc_lists_and_removes_unreferenced_models_through_the_helper(tmp_path: P
     assert [m["name"] for m in listed] == ["keep"]
     nothing = _run(tmp_path, "models", "gc", "-f", str(keep_manifest), "--yes")
     assert nothing.returncode == 0 and "Nothing to remove" in nothing.stdout
+
+
+def _run_on_a_terminal(tmp: Path, *args: str, env: dict[str, str]) -> str:
+    """The CLI with its stdout on a pseudo-terminal (160 columns), as a user at a shell runs it."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    environ = {**os.environ, "AIMACTL_STATE_DIR": str(tmp / "state"), "NO_COLOR": "1", "TERM": "xterm",
+               "DOCKER_HOST": f"unix://{tmp}/no-docker.sock", **env}
+    environ.pop("COLUMNS", None)
+    process = subprocess.Popen([sys.executable, "-m", "aimactl", *args], stdin=subprocess.DEVNULL, stdout=slave,
+                               stderr=subprocess.PIPE, env=environ)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert process.wait(timeout=120) == 0, b"".join(chunks).decode("utf-8", "replace")
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_fetch_progress_is_a_bar_on_a_terminal_and_lines_in_a_pipe(tmp_path: Path, hub: str) -> None:
+    manifest = _manifest(tmp_path, {"slow": "hf://org/repo/slow.bin@v1.0"})
+    args = ("apply", "-f", str(manifest), "--target", "model/slow", "--auto-approve")
+    shown = _run_on_a_terminal(tmp_path, *args, env={"HF_ENDPOINT": hub})
+    # rich's bar: bytes done of the total in MiB, speed, ETA; then the step's line.
+    assert re.search(r"model\.slow@local .*4\.0/4\.0 MiB .*/s ETA", shown), shown
+    assert "model.slow@local: done" in shown and "MiB of 4.0 MiB" not in shown
+
+    (tmp_path / "data" / "models" / "slow" / "slow.bin").unlink()
+    (tmp_path / "data" / "models" / "index.json").write_text("{}")
+    piped = _run(tmp_path, *args, env={"HF_ENDPOINT": hub})
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    assert re.search(r"model\.slow@local: [0-9.]+ MiB of 4\.0 MiB, [0-9.]+ MiB/s", piped.stdout), piped.stdout
+    assert "/4.0 MiB" not in piped.stdout and "\x1b[" not in piped.stdout

@@ -188,7 +188,9 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
                 _nothing_to_apply(session.plan)
                 console().print(plan_text(session.plan))
                 approve(auto_approve, what)
-                outcome = apply_session(session, store, LineReporter(), kind=kind, parallelism=parallelism,
+                from aimactl.cli.progress import make_reporter
+
+                outcome = apply_session(session, store, make_reporter(), kind=kind, parallelism=parallelism,
                                         environ=os.environ, source=source, max_fail_percent=max_fail_percent,
                                         host_lock_wait=lock_timeout)
             finally:
