@@ -167,8 +167,8 @@ def _zombie(pid: int) -> bool:
 class ProcessWatch(threading.Thread):
     """Polls the stack's native processes every `interval` seconds and wakes the loop when one changes.
 
-    `sources` maps a label (`local:/path/proc`) to a function returning a fingerprint; the loop replaces the map
-    after each pass (only hosts that run process workloads are polled).
+    `sources` maps a label (`local:/path/proc`) to a function returning a fingerprint; the loop sets them after
+    each pass with `watch` (only hosts that run process workloads are polled).
     """
 
     def __init__(self, trigger: Trigger, stop: threading.Event, interval: float = PROCESS_POLL_S) -> None:
@@ -176,8 +176,16 @@ class ProcessWatch(threading.Thread):
         self.trigger = trigger
         self.stop = stop
         self.interval = interval
-        self.sources: Mapping[str, Callable[[], Hashable]] = {}
+        self._sources: Mapping[str, Callable[[], Hashable]] = {}
         self._last: dict[str, Hashable] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, sources: Mapping[str, Callable[[], Hashable]]) -> None:
+        """Poll these from now on, taking their state right now as the baseline: what the pass just did is not
+        a change, and a process that dies a moment after is one."""
+        baseline = {label: _fingerprint(probe) for label, probe in sources.items()}
+        with self._lock:
+            self._sources, self._last = dict(sources), baseline
 
     def run(self) -> None:
         """Poll until stopped."""
@@ -186,15 +194,17 @@ class ProcessWatch(threading.Thread):
 
     def poll(self) -> None:
         """One round: fire for every source whose fingerprint changed since the previous round."""
-        for label, probe in list(self.sources.items()):
-            try:
-                now = probe()
-            except (OSError, RuntimeFailure) as exc:
-                now = f"unreachable: {exc}"
-            before = self._last.get(label)
-            self._last[label] = now
-            if before is not None and before != now:
-                self.trigger.fire(f"process: a process changed on {label}")
-        for gone in set(self._last) - set(self.sources):
-            del self._last[gone]
+        with self._lock:
+            for label, probe in self._sources.items():
+                now = _fingerprint(probe)
+                before, self._last[label] = self._last.get(label), now
+                if before is not None and before != now:
+                    self.trigger.fire(f"process: a process changed on {label}")
+
+
+def _fingerprint(probe: Callable[[], Hashable]) -> Hashable:
+    try:
+        return probe()
+    except (OSError, RuntimeFailure) as exc:
+        return f"unreachable: {exc}"
 

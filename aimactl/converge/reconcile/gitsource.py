@@ -62,6 +62,10 @@ class DirSource:
         """For logs: what is watched."""
         return ", ".join(os.path.abspath(p) for p in self.paths)
 
+    def restore(self) -> Revision | None:
+        """Nothing to restore: the directory is read as it is."""
+        return None
+
     def poll(self, fetch: bool = True) -> list[str]:
         """Revisions not yet handed out (at most one: the directory as it is now)."""
         return ["current"]
@@ -133,6 +137,18 @@ class GitSource:
                               "--stack")
         self.workdir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.git(["clone", "--quiet", "--no-checkout", "--branch", self.branch, "--", self.url, str(self.workdir)])
+
+    def restore(self) -> Revision | None:
+        """The revision a previous loop applied last (checked out again), to keep healing it after a restart;
+        None when there is none or it no longer loads."""
+        if not self.seen:
+            return None
+        try:
+            self._clone()
+            revision = self.revision(self.seen)
+        except SourceError:
+            return None
+        return revision if revision.valid else None
 
     def poll(self, fetch: bool = True) -> list[str]:
         """Fetch (when `fetch`), then the commits after the last one seen, oldest first (first-parent)."""

@@ -59,6 +59,7 @@ class Reconciler:
     def run(self) -> int:
         """Run passes until stopped (or once); returns the exit code: 0, or 1 when `--once` did not converge."""
         self._start_watchers()
+        self.current = self.source.restore()
         next_fetch = 0.0
         reasons = ["start"]
         report = None
@@ -154,7 +155,7 @@ class Reconciler:
             if change.runtime == "process" and info is not None and info.address == "local":
                 directory = os.path.join(os.path.expanduser(info.data_dir), "proc")
                 sources[f"{change.host}:{directory}"] = functools.partial(local_process_fingerprint, directory)
-        self.process_watch.sources = sources
+        self.process_watch.watch(sources)
 
     def _start_watchers(self) -> None:
         if self.settings.once:

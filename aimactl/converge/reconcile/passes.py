@@ -115,7 +115,7 @@ def _choose(ctx: Context, session: Session, self_heal: Mapping[str, bool], repor
             else:
                 unhealthy[change.address] = health.removeprefix("unhealthy: ")
     sel = select(session.plan, states, self_heal, ctx.now(), transient, unhealthy)
-    report.errors = overall
+    report.errors += [e for e in overall if e not in report.errors]
     if overall:
         sel.waiting.update({c.address: "; ".join(overall) for c in sel.work})
         sel.work = []
