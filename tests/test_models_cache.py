@@ -211,3 +211,44 @@ def test_fetch_progress_is_a_bar_on_a_terminal_and_lines_in_a_pipe(tmp_path: Pat
     assert piped.returncode == 0, piped.stdout + piped.stderr
     assert re.search(r"model\.slow@local: [0-9.]+ MiB of 4\.0 MiB, [0-9.]+ MiB/s", piped.stdout), piped.stdout
     assert "/4.0 MiB" not in piped.stdout and "\x1b[" not in piped.stdout
+
+
+@pytest.mark.ssh
+def test_ls_and_gc_reach_an_ssh_hosts_cache_through_its_helper(tmp_path: Path, ssh_hosts: Any) -> None:
+    """The same commands on an SSH host: the index is read and the cache listed and pruned by the helper there;
+    a host that cannot be reached is named, and the others are still served."""
+    edge = ssh_hosts.by_name("edge-1")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(WEIGHTS)
+    host = (f"apiVersion: aima.dev/v1\nkind: Host\nmetadata: {{name: edge-1}}\nspec: {{address: "
+            f"'ssh://{edge.user}@{edge.address}:{edge.port}', identityFile: '{ssh_hosts.client_key_path}', "
+            f"knownHosts: '{ssh_hosts.known_hosts_path}', dataDir: '{tmp_path}/edge-data'}}\n")
+    model = (f"apiVersion: aima.dev/v1\nkind: Model\nmetadata: {{name: m}}\nspec: {{source: 'file://{source}'}}\n"
+             "---\napiVersion: aima.dev/v1\nkind: Service\nmetadata: {name: use-m}\n"
+             "spec: {engine: custom, runtime: process, model: m, command: [sleep, '300'], host: edge-1}\n")
+    full, host_only = tmp_path / "full.yaml", tmp_path / "host.yaml"
+    full.write_text(host + "---\n" + model)
+    host_only.write_text(host)
+    fetched = _run(tmp_path, "apply", "-f", str(full), "--target", "model/m", "--auto-approve")
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    cached = tmp_path / "edge-data" / "models" / "m"
+    assert (cached / "weights.bin").read_bytes() == WEIGHTS  # the sshd runs on this machine: its disk is ours
+
+    listed = _run(tmp_path, "models", "ls", "-f", str(full), "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(m["name"], m["host"], m["size"]) for m in json.loads(listed.stdout)] == [("m", "edge-1", len(WEIGHTS))]
+    collected = _run(tmp_path, "models", "gc", "-f", str(host_only), "--yes")
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert f"{cached} on edge-1 (1.0 MiB)" in collected.stdout and "Removed 1 cached model(s)." in collected.stdout
+    assert not cached.exists()
+    assert json.loads(_run(tmp_path, "models", "ls", "-f", str(full), "-o", "json").stdout) == []
+
+    edge.stop()
+    try:
+        down = _run(tmp_path, "models", "ls", "-f", str(full))
+        gc_down = _run(tmp_path, "models", "gc", "-f", str(host_only), "--yes")
+    finally:
+        edge.start()
+    assert down.returncode == 1 and "host edge-1 (" in down.stderr and "unreachable" in down.stderr
+    assert "Traceback" not in down.stderr, down.stderr
+    assert gc_down.returncode == 1 and "its cache is left alone" in gc_down.stderr, gc_down.stderr

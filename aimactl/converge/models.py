@@ -63,9 +63,10 @@ def verify_cached(connections: Connections, models: Iterable[DesiredModel], obse
             result = call_helper(connections.connector(want.host), info.python, connections.helper_path(want.host),
                                  "verify", {"path": entry["path"]})
         except HelperError as exc:
-            if exc.code != "missing":
-                raise
-            host.models[want.name] = {**entry, "missing": True}
+            if exc.code == "missing":
+                host.models[want.name] = {**entry, "missing": True}
+            continue  # any other failure: the entry stays as recorded (the fetch itself will say what is wrong)
+        except (HostUnreachable, RuntimeFailure, OSError):
             continue
         host.models[want.name] = {**entry, "verified_sha256": result.get("sha256")}
 
@@ -77,7 +78,7 @@ def cached_models(connections: Connections) -> tuple[list[dict[str, Any]], list[
         try:
             index = _read_index(connections, host)
         except HOST_ERRORS as exc:
-            errors.append(f"host {host}: {exc}")
+            errors.append(_host_error(host, exc))
             continue
         for name, entry in sorted(index.items()):
             rows.append({**entry, "name": name, "host": host, "revision": entry.get("revision")})
@@ -92,7 +93,7 @@ def unreferenced(connections: Connections, referenced: set[str]) -> tuple[list[t
         try:
             listing = _cache(connections, host, {"action": "list"})
         except HOST_ERRORS as exc:
-            errors.append(f"host {host}: {exc}")
+            errors.append(_host_error(host, exc))
             continue
         found += [(host, e["path"], int(e["size"])) for e in listing["entries"] if e["name"] not in referenced]
     return found, errors
@@ -105,6 +106,12 @@ def remove_cached(connections: Connections, host: str, path: str) -> None:
     _cache(connections, host, {"action": "remove", "name": name})
     index = {k: v for k, v in _read_index(connections, host).items() if k != name}
     _write_index(connections, host, index)
+
+
+def _host_error(host: str, exc: Exception) -> str:
+    """`host NAME: why`, without naming the host twice when the reason already does."""
+    text = str(exc)
+    return text if text.startswith(f"host {host} ") else f"host {host}: {text}"
 
 
 def _cache(connections: Connections, host: str, payload: dict[str, Any]) -> Any:
