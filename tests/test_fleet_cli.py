@@ -64,6 +64,8 @@ def test_unreachable_host_is_left_alone_while_the_other_converges(fleet: Stack) 
     assert again.returncode == 1, again.stdout
     assert "Error: host edge-down " in again.stdout and "(edge-down, host-unreachable)" in again.stdout
     assert _host_row(again.stdout, "edge-down")[1] == "no"
+    assert "No changes on the hosts that could be reached; not reached: edge-down." in again.stdout
+    assert "The hosts match the manifests" not in again.stdout
 
     history = fleet.run("history", "-o", "json")
     assert history.returncode == 0, history.stderr

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import wait_until
+from tests.fixtures.sshd import SshHosts
 from tests.test_apply_docker import BUSY, Stack
 
 pytestmark = pytest.mark.docker
@@ -60,6 +61,8 @@ class Hostile:
     data_dir: Path
     model_src: Path
     volume_src: Path
+    host: dict | None = None
+    """The Host spec (default: the local host with the hostile data dir)."""
 
     def manifests(self) -> str:
         """Host, Model, a Docker Service and a process Service, all carrying the hostile values."""
@@ -71,7 +74,7 @@ class Hostile:
         record_py = ("import json, os, sys, time; "
                      f"open({str(self.out / 'process.json')!r}, 'w').write(json.dumps("
                      "{'argv': sys.argv[1:], 'env': dict(os.environ)})); time.sleep(3600)")
-        host = {"address": "local", "dataDir": str(self.data_dir), "python": sys.executable}
+        host = self.host or {"address": "local", "dataDir": str(self.data_dir), "python": sys.executable}
         docker = {"engine": "custom", "image": BUSY, "command": ["sh", "-c", record_sh, "argv0"],
                   "args": self.values, "env": env,
                   "volumes": [f"{self.out}:{self.out}", f"{self.volume_src}:/hostile:ro"],
@@ -80,7 +83,7 @@ class Hostile:
                    "command": [sys.executable, "-c", record_py, "{{ models.tiny.path }}"], "args": self.values,
                    "env": env, "health": {"startupTimeout": "30s"}}
         docs = [
-            {"kind": "Host", "metadata": {"name": "local"}, "spec": host},
+            {"kind": "Host", "metadata": {"name": "local" if host["address"] == "local" else "edge-1"}, "spec": host},
             {"kind": "Model", "metadata": {"name": "tiny"}, "spec": {"source": f"file://{self.model_src}"}},
             {"kind": "Service", "metadata": {"name": "in-docker", "labels": labels}, "spec": docker},
             {"kind": "Service", "metadata": {"name": "as-process"}, "spec": process},
@@ -135,6 +138,48 @@ def _environ(raw: bytes) -> dict[str, str]:
 
 
 def test_hostile_values_arrive_literally_on_the_local_host(hostile: Hostile) -> None:
+    _apply_and_check(hostile)
+
+
+@pytest.mark.ssh
+def test_hostile_values_arrive_literally_over_ssh(hostile: Hostile, ssh_hosts: SshHosts) -> None:
+    """The same stack on an SSH host: every helper command line crosses the remote user's shell there, and the
+    Docker engine is reached through the forwarded socket."""
+    hostile.host = ssh_host_spec(ssh_hosts, hostile)
+    _apply_and_check(hostile)
+    assert [p.name[:11] for p in (hostile.data_dir / "helper").iterdir()] == ["aimahelper-"]  # uploaded over SFTP
+
+
+@pytest.mark.ssh
+@pytest.mark.parametrize("python", ["python3; touch {marks}/python", "$(touch {marks}/python)",
+                                    "`touch {marks}/python`"])
+def test_hostile_python_over_ssh_runs_nothing(hostile: Hostile, ssh_hosts: SshHosts, python: str) -> None:
+    """The Host's `python` is the first word of every helper command on the host: quoted, it names a program
+    that does not exist, and the host is reported as unable to run its helper."""
+    python = python.format(marks=hostile.marks)
+    spec = ssh_host_spec(ssh_hosts, hostile, python=python)
+    process = {"engine": "custom", "runtime": "process", "command": ["sleep", "60"]}
+    docs = [{"kind": "Host", "metadata": {"name": "edge-1"}, "spec": spec},
+            {"kind": "Service", "metadata": {"name": "proc"}, "spec": process}]
+    hostile.stack.write("---\n".join(json.dumps({"apiVersion": "aima.dev/v1", **d}) + "\n" for d in docs))
+    result = hostile.stack.run("apply", "-f", str(hostile.stack.dir), "--auto-approve")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "Traceback" not in out and "AIMACTL_DEBUG" not in out, out
+    assert "the helper on edge-1 gave no answer (exit 127)" in out, out
+    assert f"{python}: No such file or directory" in out, out
+    hostile.no_marks()
+
+
+def ssh_host_spec(ssh_hosts: SshHosts, hostile: Hostile, **extra: str) -> dict:
+    """edge-1 over SSH, with the private Docker engine and the hostile data dir."""
+    edge = ssh_hosts.by_name("edge-1")
+    return {"address": f"ssh://{edge.user}@{edge.address}:{edge.port}", "identityFile": str(ssh_hosts.client_key_path),
+            "knownHosts": str(ssh_hosts.known_hosts_path), "dataDir": str(hostile.data_dir),
+            "docker": hostile.stack.engine.socket_path, **extra}  # type: ignore[attr-defined]
+
+
+def _apply_and_check(hostile: Hostile) -> None:
     stack = hostile.stack
     stack.write(hostile.manifests())
     applied = stack.run("apply", "-f", str(stack.dir), "--auto-approve", timeout=180)

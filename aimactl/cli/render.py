@@ -55,6 +55,9 @@ def plan_text(plan: Plan) -> str:
     if actionable:
         s = plan.summary()
         out.append(f"[bold]Plan:[/bold] {s['add']} to add, {s['change']} to change, {s['destroy']} to destroy.")
+    elif plan.unreachable and not plan.errors:
+        down = ", ".join(sorted(plan.unreachable))
+        out.append(f"No changes on the hosts that could be reached; not reached: {escape(down)}.")
     elif not plan.errors:
         unchanged = sum(c.action == NOOP for c in plan.changes)
         out.append(f"[green]No changes.[/green] The hosts match the manifests ({unchanged} up to date).")
