@@ -221,6 +221,14 @@ def test_workloads_on_an_unreachable_host_stay_listed() -> None:
         ("chat", "local", SYNCED, "", "running", 1),
         ("queue", "edge-2", UNKNOWN, "host unreachable: connection refused", "unknown", 2)]
 
+    # The planner placed it by GPU memory on edge-2, although the manifests' first choice is local.
+    from aimactl.core.placement import Placement
+
+    plan.placements = {"app/queue": Placement("app/queue", "edge-2", "fits in GPU memory")}
+    placed = [("service", "chat", "local", 1), ("app", "queue", "local", 2)]
+    rows = dashboard(STACK, "now", observed, plan, placed=placed).workloads
+    assert [(w.name, w.host, w.sync) for w in rows] == [("chat", "local", SYNCED), ("queue", "edge-2", UNKNOWN)]
+
 
 def test_changes_held_back_by_an_unreachable_dependency_say_so() -> None:
     from aimactl.core.checks import warning

@@ -89,15 +89,14 @@ def placed_workloads(manifests: Manifests) -> list[tuple[str, str, str, int]]:
 
 
 def stalled_resources(store: Any, stack: str) -> dict[str, str]:
-    """Resources the reconcile loop stopped retrying -> its last reason (`store.resources`, written by
-    `aimactl reconcile`); empty when this store keeps no such state."""
+    """Resources the reconcile loop stopped retrying -> its last reason, as `aimactl reconcile` recorded them."""
+    import sqlite3
+
+    from aimactl.store.resources import stalled_resources as read
+
     try:
-        from aimactl.store.resources import stalled_resources as read
-    except ImportError:
-        return {}
-    try:
-        return dict(read(store, stack))
-    except Exception:  # noqa: BLE001 - reconcile state is optional to the dashboard; the rows still show
+        return read(store, stack)
+    except sqlite3.Error:  # reconcile state is history: without it the rows still show
         return {}
 
 

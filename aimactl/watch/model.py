@@ -201,6 +201,10 @@ def workload_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, s
         desired = status.desired if status.desired is not None else len(status.containers)
         rows.append(WorkloadRow(status.kind, status.name, status.host, sync, reason, _health(status),
                                 status.restarts, status.ready, desired, status.endpoint))
+    # The planner's own placement (by GPU memory) wins over the manifests' first choice.
+    chosen = plan.placements if plan else {}
+    placed = [(kind, name, getattr(chosen.get(f"{kind}/{name}"), "host", None) or host, replicas)
+              for kind, name, host, replicas in placed]
     return rows + _unobserved(observed, placed, {(r.kind, r.name, r.host) for r in rows})
 
 
