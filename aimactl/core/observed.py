@@ -12,7 +12,6 @@ from typing import Any
 from aimactl.core import labels as L
 from aimactl.core.estimate import ModelWeights
 from aimactl.core.facts import HostFacts
-from aimactl.core.facts import HostFacts
 
 
 @dataclass(frozen=True)
@@ -130,10 +129,6 @@ class ObservedHost:
     """Why the Docker engine could not be observed (processes and models may still be); None when it could."""
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The host's model cache index: Model name -> {source, sha256, size, path, fetched_at}."""
-    facts: HostFacts | None = None
-    """CPU, RAM, disk and GPU facts (aimactl/hosts/facts.py); None when not gathered."""
-    facts_error: str | None = None
-    """Why the facts could not be gathered (the host may still be reachable)."""
     facts: HostFacts | None = None
     """CPU, RAM, disk and GPU facts (aimactl/hosts/facts.py); None when not gathered."""
     facts_error: str | None = None
