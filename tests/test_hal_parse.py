@@ -72,6 +72,12 @@ def test_header_with_units_and_an_unknown_error_value() -> None:
         "GeForce RTX 2080 Ti", 100, 56, 228.82, 210.0)
 
 
+def test_a_memory_read_error_is_not_unified_memory() -> None:
+    fields = ["index", "name", "memory.total"]
+    gpus, _ = parse_smi_csv("0, NVIDIA GeForce RTX 4090, [Unknown Error]\n1, NVIDIA GB10, [N/A]\n", fields)
+    assert [(g.memory_total, g.unified) for g in gpus] == [(None, False), (None, True)]
+
+
 def test_a_row_with_missing_values_is_an_error_not_a_guess() -> None:
     with pytest.raises(GpuParseError, match="row 1 has 2 values for 3 fields"):
         parse_smi_csv("0, NVIDIA GB10\n", ["index", "name", "memory.total"])

@@ -33,6 +33,12 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and (value.strip() == "" or bool(_MISSING.match(value.strip()))))
 
 
+def _unsupported(value: Any) -> bool:
+    """NOT_SUPPORTED by design (NVML) / `[N/A]`, `[Not Supported]` (nvidia-smi): what a GB10 answers for memory.
+    A transient failure (`[Unknown Error]`, an NVML error) is not a reason to call a GPU unified."""
+    return isinstance(value, str) and value.strip().strip("[]").lower() in ("n/a", "not supported")
+
+
 def _number(value: Any) -> float | None:
     """A number from NVML or nvidia-smi text (`81559`, `81559 MiB`, `69.88 W`, `[N/A]`); None when missing."""
     if _missing(value):
@@ -75,7 +81,7 @@ def _gpu(values: Mapping[str, Any], *, memory_scale: float, power_scale: float) 
         power_draw=_watts(values.get("power_draw"), power_scale),
         power_limit=_watts(values.get("power_limit"), power_scale),
         mig_mode=_text(values.get("mig_mode")),
-        unified=total is None and "memory_total" in values,
+        unified=total is None and _unsupported(values.get("memory_total")),
     )
 
 
