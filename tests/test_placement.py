@@ -169,3 +169,9 @@ def test_weights_fall_back_from_read_to_cache_size_to_hint() -> None:
     assert weights_of("m", {}, 7, 9) == ModelWeights(7, FROM_FILES)
     assert weights_of("m", {}, None, 9) == ModelWeights(9, FROM_FILES)
     assert weights_of("m", {}, None, None) is None and weights_of(None, read, 1, 1) is None
+
+
+def test_a_host_without_gpu_facts_comes_after_known_ones() -> None:
+    """A host whose facts could not be read "fits" only as a guess: binpack prefers a host known to fit."""
+    placed, _ = run([req()], {"cpu": {"gpu": "true"}, "h100": {"gpu": "true"}})
+    assert placed["service/s"].host == "h100"

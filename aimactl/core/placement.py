@@ -98,7 +98,6 @@ class Ledger:
         self.facts = dict(facts)
         self.own_usage = own_usage
         self.planned: dict[tuple[str, int], int] = {}
-        self.tenants: dict[tuple[str, int], list[str]] = {}
         self.workloads: dict[str, int] = {}
 
     def others(self, host: str, gpu: GpuFacts) -> int:
@@ -120,10 +119,9 @@ class Ledger:
         facts = self.facts.get(host)
         return sum(max(0, self.free(host, g) or 0) for g in (facts.gpus if facts else ()))
 
-    def add(self, host: str, gpu: GpuFacts, need: int | None, who: str) -> None:
+    def add(self, host: str, gpu: GpuFacts, need: int | None) -> None:
         """Record that a replica uses `need` bytes of this GPU."""
         self.planned[(host, gpu.index)] = self.planned.get((host, gpu.index), 0) + (need or 0)
-        self.tenants.setdefault((host, gpu.index), []).append(who)
 
 
 def _share(need: int | None, count: int) -> int | None:
@@ -204,7 +202,8 @@ def choose_host(req: Request, hosts: Mapping[str, Mapping[str, str]], ledger: Le
         why = (f"spread: fewest workloads ({ledger.workloads.get(best, 0)}) among the {len(fitting)} hosts "
                f"matching {label} with room")
     elif gpu_wise:
-        best = min(fitting, key=lambda n: (ledger.host_free(n), n))
+        # hosts whose GPUs are unknown come last: "fits" there is only a guess
+        best = min(fitting, key=lambda n: (ledger.facts.get(n) is None, ledger.host_free(n), n))
         why = (f"binpack: least free GPU memory ({gib(ledger.host_free(best))}) among the {len(fitting)} hosts "
                f"matching {label} with room")
     else:
@@ -226,11 +225,11 @@ def _assign(req: Request, host: str, ledger: Ledger, checks: list[Check]) -> tup
                     checks.append(error("gpu-not-found", f"GPU {ident} does not exist on {host} (it has "
                                         f"{len(facts.gpus)} GPU(s))", req.where, host))
                     continue
-                for replica in range(req.replicas):
-                    ledger.add(host, gpu, _share(req.need, req.count), f"{req.where}[{replica}]")
+                for _ in range(req.replicas):
+                    ledger.add(host, gpu, _share(req.need, req.count))
         return tuple(req.gpus for _ in range(req.replicas)), f"GPUs {','.join(req.gpus)} as declared"
     if facts is None:
-        return (), f"{req.count} GPU(s) per replica (no GPU facts for {host}: Docker picks them)"
+        return (), f"{req.count} GPU(s) per replica (no GPU facts for {host}: the runtime picks them)"
     usable = _assignable(facts)
     if req.count > len(usable):
         mig = len(facts.gpus) - len(usable)
@@ -243,7 +242,7 @@ def _assign(req: Request, host: str, ledger: Ledger, checks: list[Check]) -> tup
     for replica in range(req.replicas):
         chosen = _pick_gpus(req, host, replica, ledger)
         for gpu in chosen:
-            ledger.add(host, gpu, _share(req.need, req.count), f"{req.where}[{replica}]")
+            ledger.add(host, gpu, _share(req.need, req.count))
         out.append(tuple(str(g.index) for g in chosen))
     kept = all(req.current_gpus.get(r) == ids for r, ids in enumerate(out)) and req.current_gpus
     words = "; ".join(f"[{r}] GPU {','.join(ids)}" for r, ids in enumerate(out))
