@@ -120,3 +120,13 @@ def test_tags_and_pull_lines_parse_as_ollama_writes_them() -> None:
     failed = parse_pull_line('{"error":"pull model manifest: file does not exist"}')
     assert failed is not None and failed.error == "pull model manifest: file does not exist"
     assert parse_pull_line("\n") is None
+
+
+def test_a_saved_plan_pulls_the_same_way(tmp_path: Path, stack: tuple[Path, int]) -> None:
+    manifest, _ = stack
+    saved = tmp_path / "plan.json"
+    assert _run(tmp_path, "plan", "-f", str(manifest), "--out", str(saved)).returncode == 0
+    applied = _run(tmp_path, "apply", str(saved))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "qwen2.5:0.5b pulled by service.ol[0]@local as it started" in applied.stdout
+    assert _model(tmp_path, manifest)["reason"] == "present in the Ollama of service.ol[0]@local"

@@ -71,8 +71,10 @@ def stale_targets(session: Session) -> list[str]:
     """Re-check a saved plan: every target must still look as it did when planned. Returns what changed."""
     problems = []
     for change in session.plan.actionable:
+        if change.model is not None:
+            continue  # a fetch or pull is idempotent and re-checks its own target; there is no container to inspect
         try:
-            runtime = session.connections.runtime(change.host)
+            runtime = session.connections.runtime(change.host, change.runtime)
             name = change.desired.container.name if change.desired else change.container_id or ""
             current = runtime.inspect(name)
             now = f"{current.id}:{current.spec_hash}"

@@ -38,7 +38,7 @@ def _container_from_dict(data: dict[str, Any]) -> ContainerSpec:
         command=tuple(data["command"]) if data.get("command") is not None else None,
         env=env, ports=tuple(PublishedPort(**p) for p in data["ports"]),
         mounts=tuple(Mount(**m) for m in data["mounts"]), restart=data["restart"], memory=data.get("memory"),
-        nano_cpus=data.get("nano_cpus"), gpus=gpus, labels=dict(data["labels"]),
+        nano_cpus=data.get("nano_cpus"), gpus=gpus, labels=dict(data["labels"]), shm_size=data.get("shm_size"),
     )
 
 
@@ -56,8 +56,12 @@ def _desired_from_dict(change: dict[str, Any]) -> DesiredContainer:
 
 
 def _readiness(data: dict[str, Any]) -> Readiness:
-    warm = data.get("warmup")
-    return Readiness(**{**data, "warmup": Warmup(**warm) if warm else None})
+    warm, pull = data.get("warmup"), data.get("pull")
+    return Readiness(**{**data, "warmup": Warmup(**warm) if warm else None, "pull": Warmup(**pull) if pull else None})
+
+
+def _model(data: dict[str, Any]) -> DesiredModel:
+    return DesiredModel(**{**data, "pull": Warmup(**data["pull"]) if data.get("pull") else None})
 
 
 def _host_to_dict(host: HostInfo) -> dict[str, Any]:
@@ -107,7 +111,7 @@ def from_dict(data: dict[str, Any]) -> Plan:
         changes = [Change(c["address"], c["key"], c["kind"], c["name"], c["replica"], c["host"], c["actions"][0],
                           c["reason"], [FieldDiff(**d) for d in c["diff"]], c.get("container_id"),
                           c.get("observed_hash"), _desired_from_dict(c) if c.get("desired") else None,
-                          c.get("runtime", "docker"), DesiredModel(**c["model"]) if c.get("model") else None)
+                          c.get("runtime", "docker"), _model(c["model"]) if c.get("model") else None)
                    for c in data["changes"]]
         checks = [Check(**c) for c in data["checks"]]
         edges = {k: set(v) for k, v in data.get("edges", {}).items()}
