@@ -103,3 +103,23 @@ def test_gpu_ids_reach_docker_as_device_requests() -> None:
     (counted,) = _device_requests(GpuRequest(count=2)) or []
     assert (counted["Count"], counted["Capabilities"]) == (2, [["gpu"]])
     assert _device_requests(None) is None
+
+
+def test_unreadable_weights_are_skipped_not_a_crash(tmp_path: Path) -> None:
+    """A snapshot in the local cache with a dangling link: its size cannot be read, and planning goes on."""
+    from aimactl.core.desired import HostInfo
+    from aimactl.manifest import load_manifests
+    from aimactl.models.sources import cache_path, parse_source
+    from aimactl.models.weights import model_weights
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("apiVersion: aima.dev/v1\nkind: Model\nmetadata: {name: m}\n"
+                        "spec: {source: 'hf://Qwen/Qwen2.5-0.5B-Instruct'}\n")
+    loaded = load_manifests([str(manifest)])
+    assert loaded.valid, loaded.errors
+    snapshot = Path(cache_path(str(tmp_path / "d"), "m", parse_source("hf://Qwen/Qwen2.5-0.5B-Instruct", ".")))
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    with pytest.raises(OSError):
+        weights_at(str(snapshot))
+    assert model_weights(loaded.resources, {"local": HostInfo("local", data_dir=str(tmp_path / "d"))}) == {}

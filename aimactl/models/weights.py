@@ -66,7 +66,10 @@ def model_weights(resources: Sequence[Resource], hosts: Mapping[str, HostInfo]) 
         if res.kind != "Model":
             continue
         for path in local_candidates(res, hosts):
-            found = weights_at(path)
+            try:
+                found = weights_at(path)
+            except OSError:  # unreadable (permissions, a dangling link): the estimate falls back to the hints
+                continue
             if found is not None:
                 out[res.name] = found
                 break
