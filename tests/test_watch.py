@@ -1,5 +1,5 @@
 """`aimactl watch` against the private Docker engine, driven as a user would: `--once` through a pipe, and the
-live view in a real terminal (tmux), quit with `q` and with Ctrl-C."""
+live view in a real terminal (tmux), quit with `q`, Ctrl-C and SIGTERM, each leaving the terminal as it was."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -146,16 +147,28 @@ class Tmux:
         return (base.with_suffix(".rc").read_text().strip(), base.with_suffix(".before").read_text(),
                 base.with_suffix(".after").read_text())
 
+    def child_pid(self, tag: str) -> int:
+        """The pid of the command the session's shell runs."""
+        shell = self.tmux("list-panes", "-t", tag, "-F", "#{pane_pid}").strip()
+        for entry in Path("/proc").iterdir():
+            try:
+                # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after the ")".
+                if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == shell:
+                    return int(entry.name)
+            except (OSError, IndexError):
+                continue
+        raise AssertionError(f"no child of the tmux pane's shell {shell}")
+
     def stop(self) -> None:
         self.tmux("kill-server")
 
 
-def test_live_view_in_a_terminal_quits_on_q_and_ctrl_c(stack: Stack, tmp_path: Path) -> None:
+def test_live_view_in_a_terminal_quits_on_q_ctrl_c_and_sigterm(stack: Stack, tmp_path: Path) -> None:
     term = Tmux(tmp_path)
     stack.apply()
     argv = [sys.executable, "-m", "aimactl", "watch", "-f", str(stack.dir), "--interval", "0.5s"]
     try:
-        for tag, key in (("q", "q"), ("ctrlc", "C-c")):
+        for tag, key in (("q", "q"), ("ctrlc", "C-c"), ("term", "SIGTERM")):
             term.start(stack.env, argv, tag)
             shown = wait_until(lambda t=tag: "app/web" in term.screen(t) and "service/api" in term.screen(t), 60)
             screen = term.screen(tag)
@@ -166,7 +179,10 @@ def test_live_view_in_a_terminal_quits_on_q_and_ctrl_c(stack: Stack, tmp_path: P
             assert web[2:4] == ["Synced", "running"] and web[6] == f"http://127.0.0.1:{stack.port}"
             assert "q quits" in screen and "Events" in screen
             time.sleep(0.6)  # a refresh or two: the loop keeps drawing while it waits for keys
-            term.tmux("send-keys", "-t", tag, key)
+            if key == "SIGTERM":
+                os.kill(term.child_pid(tag), signal.SIGTERM)
+            else:
+                term.tmux("send-keys", "-t", tag, key)
             assert wait_until(lambda t=tag: (tmp_path / f"{t}.after").exists(), 15), term.screen(tag)
             time.sleep(0.1)
             rc, before, after = term.result(tag)
