@@ -116,3 +116,19 @@ def test_describe_shows_placement_and_the_estimate_source(tmp_path: Path) -> Non
     assert "Placement: on local, the default host (no host or hostSelector); [0] GPU 0 (binpack)" in done.stdout
     assert "GPU memory: needs ~6.0 GiB of GPU memory per replica (declared: resources.gpuMemory 6.0 GiB)" \
         in done.stdout
+
+
+def test_a_saved_plan_is_stale_when_the_gpu_lost_the_room_it_needed(tmp_path: Path) -> None:
+    """Planned on a nearly empty RTX 4090 (20 of 24 GiB for this Service); by apply time the GPU reads as the
+    busy H100 capture (8.6 GiB free): the saved plan is refused before anything starts."""
+    manifest = _manifest(tmp_path, _worker("big", 1, "20GiB", 9406))
+    saved = tmp_path / "plan.json"
+    planned = _run(tmp_path, "plan", "-f", manifest, "--out", str(saved), fake="rtx4090.json")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    (fingerprint,) = json.loads(saved.read_text())["gpu_fingerprints"]
+    assert (fingerprint["host"], fingerprint["index"], fingerprint["free"]) == ("local", 0, (24564 - 507) * 2**20)
+    applied = _run(tmp_path, "apply", str(saved), "--auto-approve", fake="h100.json")
+    assert applied.returncode == 1
+    assert "is stale" in applied.stderr and "GPU 0 on local: 14.9 GiB less free memory than when planned" \
+        in applied.stderr, applied.stderr
+    assert not (tmp_path / "data" / "proc").exists(), "nothing was started"

@@ -175,3 +175,20 @@ def test_a_host_without_gpu_facts_comes_after_known_ones() -> None:
     """A host whose facts could not be read "fits" only as a guess: binpack prefers a host known to fit."""
     placed, _ = run([req()], {"cpu": {"gpu": "true"}, "h100": {"gpu": "true"}})
     assert placed["service/s"].host == "h100"
+
+
+def test_saved_plan_gpu_fingerprints() -> None:
+    from aimactl.core.feasibility import stale_gpus
+
+    rtx = captured("rtx4090.json")
+    assert rtx is not None
+    fp = {"host": "rtx", "index": 0, "uuid": "GPU-aaaa", "free": rtx.free_memory(rtx.gpus[0]), "headroom": 2 * GIB}
+    same = replace(rtx, gpus=(replace(rtx.gpus[0], uuid="GPU-aaaa"), rtx.gpus[1]))
+    assert stale_gpus([fp], {"rtx": same}) == []
+    other = replace(rtx, gpus=(replace(rtx.gpus[0], uuid="GPU-bbbb"), rtx.gpus[1]))
+    assert stale_gpus([fp], {"rtx": other}) == ["GPU 0 on rtx: planned on GPU-aaaa, now GPU-bbbb"]
+    busier = replace(same, gpus=(replace(same.gpus[0], memory_free=same.gpus[0].memory_free - 3 * GIB),
+                                 same.gpus[1]))
+    assert stale_gpus([fp], {"rtx": busier}) == ["GPU 0 on rtx: 3.0 GiB less free memory than when planned, which "
+                                                 "left 2.0 GiB to spare: the plan no longer fits"]
+    assert stale_gpus([fp], {"rtx": None}) == ["GPU 0 on rtx: the host's GPUs cannot be read again"]

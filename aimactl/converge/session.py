@@ -87,7 +87,18 @@ def stale_targets(session: Session) -> list[str]:
             was = "absent" if change.fingerprint == "absent" else f"container {change.fingerprint[:12]}"
             is_ = "absent" if now == "absent" else f"container {now[:12]}"
             problems.append(f"{change.address}: planned against {was}, now {is_}")
-    return problems
+    return problems + stale_gpus(session)
+
+
+def stale_gpus(session: Session) -> list[str]:
+    """The GPUs a saved plan starts replicas on, read again: another board, or less free memory than the room
+    the plan had there, makes it stale (specs/hal.md)."""
+    from aimactl.converge.observe import observe_facts
+    from aimactl.core import feasibility
+
+    prints = session.plan.gpu_fingerprints
+    hosts = sorted({fp["host"] for fp in prints if fp["host"] in session.connections.hosts})
+    return feasibility.stale_gpus(prints, {h: observe_facts(session.connections, h)[0] for h in hosts})
 
 
 @dataclass

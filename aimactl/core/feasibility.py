@@ -9,12 +9,12 @@ hardware facts could not be read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aimactl.core.checks import Check, error, warning
 from aimactl.core.estimate import Estimate, ModelWeights, gib, service_estimate
-from aimactl.core.facts import HOT_CELSIUS, HostFacts
+from aimactl.core.facts import HOT_CELSIUS, GpuFacts, HostFacts
 from aimactl.core.observed import Observed
 from aimactl.core.placement import BINPACK, Placement, Request, place_all, tenants
 
@@ -94,14 +94,11 @@ def _gpu_line(facts: HostFacts, host: str, index: int) -> str:
     return f"GPU {index} ({gpu.name}) on {host}: {gib(facts.usable_memory(gpu))} {kind}"
 
 
-def memory_checks(placed: Mapping[str, Placement], observed: Observed, surge: Iterable[str],
-                  replaced: Iterable[tuple[str, int]], starting: Iterable[tuple[str, int]]) -> list[Check]:
-    """GPU memory fit on each GPU where a replica starts, and whether `update: surge` replicas can have two
-    copies at once there."""
-    checks: list[Check] = []
+def _loaded_gpus(placed: Mapping[str, Placement], observed: Observed, starting: set[tuple[str, int]]
+                 ) -> Iterator[tuple[str, HostFacts, GpuFacts, int, int, list[tuple[str, int, int]]]]:
+    """Every GPU where a replica starts: (host, its facts, the GPU, usable, used by others, tenants)."""
     facts = {name: host.facts for name, host in observed.hosts.items()}
     usage = running_usage(observed, {k: p.estimate.bytes if p.estimate else None for k, p in placed.items()})
-    surge, replaced, starting = set(surge), set(replaced), set(starting)
     for (host, index), who in sorted(tenants(placed, facts).items()):
         host_facts = facts[host]
         assert host_facts is not None
@@ -110,6 +107,17 @@ def memory_checks(placed: Mapping[str, Placement], observed: Observed, surge: It
         if usable is None or not any((k, r) in starting for k, r, _ in who):
             continue
         others = max(0, (host_facts.used_memory(gpu) or 0) - usage.get((host, index), 0))
+        yield host, host_facts, gpu, usable, others, who
+
+
+def memory_checks(placed: Mapping[str, Placement], observed: Observed, surge: Iterable[str],
+                  replaced: Iterable[tuple[str, int]], starting: Iterable[tuple[str, int]]) -> list[Check]:
+    """GPU memory fit on each GPU where a replica starts, and whether `update: surge` replicas can have two
+    copies at once there."""
+    checks: list[Check] = []
+    surge, replaced = set(surge), set(replaced)
+    for host, host_facts, gpu, usable, others, who in _loaded_gpus(placed, observed, set(starting)):
+        index = gpu.index
         total = others + sum(share for _, _, share in who)
         names = ", ".join(f"{_where(k)}[{r}] {gib(s)} ({_source(placed[k])})" for k, r, s in who)
         if total > usable:
@@ -167,14 +175,50 @@ def estimate_line(estimate: Estimate | None) -> str:
     return f"needs ~{gib(estimate.bytes)} of GPU memory per replica ({estimate.source}: {estimate.detail})"
 
 
+def _starting(changes: Sequence[Any]) -> set[tuple[str, int]]:
+    """(key, replica) of every replica the plan creates or replaces."""
+    return {(c.key, c.replica) for c in changes if c.action in ("create", "replace") and c.kind != "model"}
+
+
 def hardware_checks(placed: Mapping[str, Placement], surge: Iterable[str], hosts: Iterable[str],
                     changes: Sequence[Any], observed: Observed) -> list[Check]:
     """Every hardware check of a plan: GPU memory where replicas are created or replaced (a plan that changes
     nothing is never refused for memory others took since), disk for models to fetch, hot GPUs, unread facts."""
-    starting = {(c.key, c.replica) for c in changes if c.action in ("create", "replace") and c.kind != "model"}
+    starting = _starting(changes)
     replaced = {(c.key, c.replica) for c in changes if c.action == "replace"}
     fetches = [c.model for c in changes if c.kind == "model" and c.action in ("create", "replace") and c.model]
     checks = memory_checks(placed, observed, surge, replaced, starting)
     checks += disk_checks(fetches, observed, dict(observed.model_weights))
     gpu_hosts = {p.host for p in placed.values() if p.host and p.gpu_count}
     return checks + host_checks(observed, hosts, gpu_hosts)
+
+
+def gpu_fingerprints(placed: Mapping[str, Placement], changes: Sequence[Any], observed: Observed
+                     ) -> list[dict[str, Any]]:
+    """What each GPU the plan starts replicas on looked like: its UUID, free memory, and the room the plan left
+    there (`headroom`). A saved plan is re-checked against these before it is applied (see stale_gpus)."""
+    out = []
+    for host, host_facts, gpu, usable, others, who in _loaded_gpus(placed, observed, _starting(changes)):
+        out.append({"host": host, "index": gpu.index, "uuid": gpu.uuid or None, "free": host_facts.free_memory(gpu),
+                    "headroom": usable - others - sum(share for _, _, share in who)})
+    return out
+
+
+def stale_gpus(fingerprints: Sequence[Mapping[str, Any]], now: Mapping[str, HostFacts | None]) -> list[str]:
+    """What changed on the planned GPUs since the plan was made: another board at that index, or less free
+    memory than the room the plan had there."""
+    problems = []
+    for fp in fingerprints:
+        host, index = fp["host"], fp["index"]
+        facts = now.get(host)
+        gpu = facts.gpu(index) if facts is not None else None
+        if facts is None:
+            problems.append(f"GPU {index} on {host}: the host's GPUs cannot be read again")
+        elif gpu is None or (fp.get("uuid") and gpu.uuid != fp["uuid"]):
+            problems.append(f"GPU {index} on {host}: planned on {fp.get('uuid') or 'a GPU'}, now "
+                            f"{(gpu.uuid or 'another GPU') if gpu else 'gone'}")
+        elif fp.get("free") is not None and (free := facts.free_memory(gpu)) is not None \
+                and fp["free"] - free > fp["headroom"]:
+            problems.append(f"GPU {index} on {host}: {gib(fp['free'] - free)} less free memory than when planned, "
+                            f"which left {gib(fp['headroom'])} to spare: the plan no longer fits")
+    return problems

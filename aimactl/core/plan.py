@@ -15,7 +15,7 @@ from aimactl.core import fleet
 from aimactl.core import labels as L
 from aimactl.core.checks import Check, error, warning
 from aimactl.core.desired import Desired, DesiredContainer, HostInfo, address
-from aimactl.core.feasibility import hardware_checks
+from aimactl.core.feasibility import gpu_fingerprints, hardware_checks
 from aimactl.core.models import DesiredModel, model_reason, pull_reason
 from aimactl.core.observed import Observed, ObservedContainer, ObservedHost
 from aimactl.core.spec import IN_PLACE_FIELDS, diff_fields, forces_replacement
@@ -83,6 +83,8 @@ class Plan:
     hosts: dict[str, HostInfo] = field(default_factory=dict)
     placements: dict[str, Any] = field(default_factory=dict)
     """Workload key -> core.placement.Placement (host, GPUs, GPU memory estimate and why)."""
+    gpu_fingerprints: list[dict[str, Any]] = field(default_factory=list)
+    """The GPUs the plan starts replicas on as planned (UUID, free memory, room left): re-checked by `apply FILE`."""
 
     @property
     def errors(self) -> list[Check]:
@@ -299,6 +301,7 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
     result.changes = _order(_select(changes + deletes, options, desired.edges))
     result.checks.extend(feasibility(result.changes, observed))
     result.placements = dict(desired.placements)
+    result.gpu_fingerprints = gpu_fingerprints(desired.placements, result.changes, observed)
     result.checks.extend(hardware_checks(desired.placements, desired.surge, desired.hosts, result.changes, observed))
     return result
 

@@ -100,6 +100,7 @@ def to_dict(plan: Plan) -> dict[str, Any]:
         "edges": {k: sorted(v) for k, v in sorted(plan.edges.items())},
         "hosts": {name: _host_to_dict(h) for name, h in sorted(plan.hosts.items())},
         "placements": {key: p.to_dict() for key, p in sorted(plan.placements.items())},
+        "gpu_fingerprints": plan.gpu_fingerprints,
     }
 
 
@@ -119,4 +120,5 @@ def from_dict(data: dict[str, Any]) -> Plan:
         placements = {k: placement_from_dict(p) for k, p in data.get("placements", {}).items()}
     except (KeyError, TypeError, IndexError) as exc:
         raise PlanFileError(f"plan file is damaged: {exc}") from None
-    return Plan(data["stack"], changes, checks, edges, hosts, placements)
+    return Plan(data["stack"], changes, checks, edges, hosts, placements,
+                gpu_fingerprints=list(data.get("gpu_fingerprints", [])))
