@@ -71,7 +71,8 @@ class Context:
 
 
 def _blocked(plan: Plan) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """Plan errors split three ways: transient ones per address, lasting ones per address, global ones."""
+    """Plan errors split three ways: transient ones per address (a host that cannot be reached is listed as
+    `host NAME`: retried next pass), lasting ones per address, global ones."""
     transient: dict[str, str] = {}
     lasting: dict[str, str] = {}
     overall: list[str] = []
@@ -82,6 +83,8 @@ def _blocked(plan: Plan) -> tuple[dict[str, str], dict[str, str], list[str]]:
             overall.append(f"{check.code}: {check.message}")
         for address in targets:
             (transient if check.code in TRANSIENT_CHECKS else lasting)[address] = f"{check.code}: {check.message}"
+    for host, why in plan.unreachable.items():
+        transient[f"host {host}"] = f"unreachable ({why}); its resources are left alone, retrying next pass"
     return transient, lasting, overall
 
 
@@ -123,6 +126,7 @@ def _choose(ctx: Context, session: Session, self_heal: Mapping[str, bool], repor
         sel.work.remove(change)
         _fail(ctx, sel, change.address, desired_hash(change), lasting[change.address], report)
     report.waiting.update(sel.waiting)
+    report.waiting.update({k: v for k, v in transient.items() if k.startswith("host ")})
     return sel
 
 
