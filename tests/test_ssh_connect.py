@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -154,6 +155,15 @@ def test_connection_failures_name_the_host_and_reason(ssh_hosts: SshHosts, tmp_p
         conn.transport()
     with pytest.raises(HostUnreachable, match="not found"):
         SshConnector(host.name, _address(host), str(tmp_path / "nope"), str(ssh_hosts.known_hosts_path)).transport()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never greets: a hung host
+    try:
+        address = f"ssh://root@127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(HostUnreachable, match=r"host hung \(root@127\.0\.0\.1:\d+\) is unreachable: "
+                                                  r"connection timed out after 1 s"):
+            SshConnector("hung", address, str(ssh_hosts.client_key_path), str(ssh_hosts.known_hosts_path),
+                         connect_timeout=1).transport()
+    finally:
+        silent.close()
 
 
 def test_agent_and_default_keys_work_without_identity_file(ssh_hosts: SshHosts, tmp_path: Path,

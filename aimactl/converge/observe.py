@@ -92,6 +92,7 @@ class Connections:
         self._helpers: dict[str, str] = {}
         self._forwarders: dict[str, SocketForwarder] = {}
         self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.RLock] = {}
 
     def connector(self, host: str) -> Connector:
         """How the host is reached: the local connector, or the host's SSH connection (connected here, so a
@@ -134,18 +135,23 @@ class Connections:
 
         if self.hosts[host].address == "local":
             return helper_file()
-        if host not in self._helpers:
-            connector = self.ssh(host)
-            source = helper_source().encode()
-            digest = hashlib.sha256(source).hexdigest()[:12]
-            path = posixpath.join(self.hosts[host].data_dir, "helper", f"aimahelper-{digest}.py")
-            if not connector.exists(path):
-                try:
-                    connector.put(source, path, 0o644)
-                except OSError as exc:
-                    raise RuntimeFailure(str(exc)) from None
-            self._helpers[host] = path
-        return self._helpers[host]
+        connector = self.ssh(host)
+        with self._host_lock(host):  # observation reads a host on several threads: check and upload once
+            if host not in self._helpers:
+                source = helper_source().encode()
+                digest = hashlib.sha256(source).hexdigest()[:12]
+                path = posixpath.join(self.hosts[host].data_dir, "helper", f"aimahelper-{digest}.py")
+                if not connector.exists(path):
+                    try:
+                        connector.put(source, path, 0o644)
+                    except OSError as exc:
+                        raise RuntimeFailure(str(exc)) from None
+                self._helpers[host] = path
+            return self._helpers[host]
+
+    def _host_lock(self, host: str) -> threading.RLock:
+        with self._lock:
+            return self._host_locks.setdefault(host, threading.RLock())
 
     def docker_url(self, host: str) -> str:
         """The Docker endpoint for a host's runtime: DOCKER_HOST or the host's `docker:` locally; for an SSH host
@@ -180,16 +186,20 @@ class Connections:
     def runtime(self, host: str, kind: str = "docker") -> Runtime:
         """The Docker or process runtime of a host."""
         key = (host, kind)
-        if key not in self._runtimes:
-            connector = self.connector(host)
-            info = self.hosts[host]
-            if kind == "process":
-                state_dir = os.path.join(info.data_dir, "proc")
-                self._runtimes[key] = ProcessRuntime(connector, info.python, self.helper_path(host), state_dir)
-            else:
-                self._runtimes[key] = DockerRuntime(self.docker_url(host))
-        runtime: Runtime = self._runtimes[key]
-        return runtime
+        if key in self._runtimes:
+            known: Runtime = self._runtimes[key]
+            return known
+        connector = self.connector(host)
+        with self._host_lock(host):  # steps and observation run on threads: one runtime (and forwarder) each
+            if key not in self._runtimes:
+                info = self.hosts[host]
+                if kind == "process":
+                    state_dir = os.path.join(info.data_dir, "proc")
+                    self._runtimes[key] = ProcessRuntime(connector, info.python, self.helper_path(host), state_dir)
+                else:
+                    self._runtimes[key] = DockerRuntime(self.docker_url(host))
+            runtime: Runtime = self._runtimes[key]
+            return runtime
 
     def close(self, keep_connections: bool = False) -> None:
         """Close every runtime, forwarder and connection; `keep_connections` hands the SSH connections to the
@@ -247,26 +257,42 @@ def observe_facts(connections: Connections, host: str) -> tuple[Any, str | None]
         return None, f"cannot read the hardware facts of {host}: {exc}"
 
 
+def _observe_docker(connections: Connections, host: str, stack: str,
+                    images: Iterable[str]) -> tuple[list[Any], list[Any], dict[str, str], str | None]:
+    """(this stack's containers, the others, image ids, why the engine cannot be used or None)."""
+    try:
+        docker = connections.runtime(host, "docker")
+        managed, others = docker.observe(stack)
+        return managed, others, docker.image_ids(images), None
+    except RuntimeFailure as exc:
+        return [], [], {}, connections.docker_problem(host, exc)
+
+
 def observe_host(connections: Connections, stack: str, host: str, images: Iterable[str]) -> ObservedHost:
     """One host's observation; an unreachable host says why, a missing Docker engine only blocks Docker."""
-    info = connections.hosts[host]
-    seen = ObservedHost(host, address=info.url_host)
+    seen = ObservedHost(host, address=connections.hosts[host].url_host)
     try:
-        # A local host that never ran a process has no state dir: no need to start the helper to learn that.
-        if info.address != "local" or os.path.isdir(os.path.join(info.data_dir, "proc")):
-            seen.containers, _ = connections.runtime(host, "process").observe(stack)
-        seen.models = read_model_index(connections, host)
+        connections.connector(host)  # an SSH host is reached (and `~` in its dataDir resolved) before the rest
+        info = connections.hosts[host]
     except RuntimeFailure as exc:
         seen.reachable, seen.error = False, str(exc)
         return seen
-    seen.facts, seen.facts_error = observe_facts(connections, host)
-    try:
-        docker = connections.runtime(host, "docker")
-        managed, seen.others = docker.observe(stack)
-        seen.containers += managed
-        seen.image_ids = docker.image_ids(images)
-    except RuntimeFailure as exc:
-        seen.docker_error = connections.docker_problem(host, exc)
+    # The processes, the facts and the Docker engine each wait on the host (a helper run, a forwarded socket):
+    # read at once rather than one after the other.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        facts = pool.submit(observe_facts, connections, host)
+        docker = pool.submit(_observe_docker, connections, host, stack, images)
+        try:
+            # A local host that never ran a process has no state dir: no need to start the helper to learn that.
+            if info.address != "local" or os.path.isdir(os.path.join(info.data_dir, "proc")):
+                seen.containers, _ = connections.runtime(host, "process").observe(stack)
+            seen.models = read_model_index(connections, host)
+        except RuntimeFailure as exc:
+            seen.reachable, seen.error = False, str(exc)
+            return seen
+        seen.facts, seen.facts_error = facts.result()
+        managed, seen.others, seen.image_ids, seen.docker_error = docker.result()
+    seen.containers += managed
     if info.address == "local":
         from aimactl.hosts.procnet import local_listeners
 

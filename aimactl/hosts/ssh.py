@@ -18,6 +18,7 @@ import re
 import shlex
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class SshConnector:
                 raise self._unreachable(f"cannot read known_hosts file {self.known_hosts}: {exc}") from None
         client.set_missing_host_key_policy(_UnknownKeyPolicy(self))
         target = self.target
+        started = time.monotonic()
         try:
             client.connect(target.host, port=target.port, username=target.user, key_filename=self.identity_file,
                            timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
@@ -132,10 +134,10 @@ class SshConnector:
             raise
         except BaseException as exc:
             client.close()
-            raise self._connect_error(exc) from None
+            raise self._connect_error(exc, time.monotonic() - started) from None
         return client
 
-    def _connect_error(self, exc: BaseException) -> HostUnreachable:
+    def _connect_error(self, exc: BaseException, elapsed: float) -> HostUnreachable:
         """A connection failure as one line: timeout, refused, authentication, changed host key ..."""
         import paramiko
 
@@ -162,8 +164,10 @@ class SshConnector:
             reason = f"cannot resolve {self.target.host}: {exc.strerror}"
         elif isinstance(exc, FileNotFoundError):
             reason = f"identity file {self.identity_file} not found"
+        elif isinstance(exc, (OSError, EOFError, paramiko.SSHException)) and elapsed >= self.connect_timeout * 0.9:
+            reason = f"connection timed out after {self.connect_timeout:g} s (no SSH handshake)"
         elif isinstance(exc, (OSError, EOFError, paramiko.SSHException)):
-            reason = str(exc) or type(exc).__name__
+            reason = f"SSH handshake failed: {exc or type(exc).__name__}"
         else:
             raise exc
         return self._unreachable(reason)
