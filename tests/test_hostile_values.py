@@ -171,6 +171,22 @@ def test_hostile_python_over_ssh_runs_nothing(hostile: Hostile, ssh_hosts: SshHo
     hostile.no_marks()
 
 
+@pytest.mark.ssh
+def test_hostile_docker_socket_over_ssh_runs_nothing(hostile: Hostile, ssh_hosts: SshHosts) -> None:
+    """The Host's `docker` socket path reaches the host as an argument of the helper's `dial`: taken literally."""
+    socket = f"/run/x.sock; touch {hostile.marks}/docker $(touch {hostile.marks}/docker2)"
+    spec = ssh_host_spec(ssh_hosts, hostile, docker=socket)
+    docs = [{"kind": "Host", "metadata": {"name": "edge-1"}, "spec": spec},
+            {"kind": "App", "metadata": {"name": "web"}, "spec": {"image": BUSY}}]
+    hostile.stack.write("---\n".join(json.dumps({"apiVersion": "aima.dev/v1", **d}) + "\n" for d in docs))
+    result = hostile.stack.run("apply", "-f", str(hostile.stack.dir), "--auto-approve")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "Traceback" not in out and "AIMACTL_DEBUG" not in out, out
+    assert socket in out, out
+    hostile.no_marks()
+
+
 def ssh_host_spec(ssh_hosts: SshHosts, hostile: Hostile, **extra: str) -> dict:
     """edge-1 over SSH, with the private Docker engine and the hostile data dir."""
     edge = ssh_hosts.by_name("edge-1")
