@@ -192,3 +192,14 @@ def test_saved_plan_gpu_fingerprints() -> None:
     assert stale_gpus([fp], {"rtx": busier}) == ["GPU 0 on rtx: 3.0 GiB less free memory than when planned, which "
                                                  "left 2.0 GiB to spare: the plan no longer fits"]
     assert stale_gpus([fp], {"rtx": None}) == ["GPU 0 on rtx: the host's GPUs cannot be read again"]
+
+
+def test_estimate_words_for_tiny_and_large_models() -> None:
+    from aimactl.core.feasibility import estimate_line
+
+    tiny = estimate(None, ModelWeights(465152, FROM_GGUF, 116288, ("F32",)), 256 * MIB)
+    assert tiny.detail == "weights 454 KiB, 116.3K parameters (F32) x 1.2 + engine footprint 256 MiB"
+    assert estimate_line(tiny, 0).startswith("no GPU asked: the model needs ~257 MiB of memory per replica")
+    big = estimate(None, ModelWeights(8 * 10**9, FROM_GGUF, 8030261248, ("Q8_0",)), 1536 * MIB)
+    assert big.detail == "weights 7.5 GiB, 8.03B parameters (Q8_0) x 1.2 + engine footprint 1.5 GiB"
+    assert estimate_line(big, 1).startswith("needs ~10.4 GiB of GPU memory per replica (from GGUF header: ")

@@ -119,7 +119,7 @@ def describe_command(common: Common, ref: str) -> None:
 
             out.print(f"[bold]Placement:[/bold] {escape(placed.reason)}")
             if kind == "service":
-                out.print(f"[bold]GPU memory:[/bold] {escape(estimate_line(placed.estimate))}")
+                out.print(f"[bold]GPU memory:[/bold] {escape(estimate_line(placed.estimate, placed.gpu_count))}")
         for state in [s for s in loop_states if s.key == f"{row.kind}/{row.name}"]:
             extra = f"; {escape(stalled[state.resource])}" if state.resource in stalled else \
                 f"; last failure: {escape(state.reason)}" if state.reason else ""

@@ -77,7 +77,7 @@ def placement_lines(plan: Plan) -> list[str]:
             continue
         lines.append(f"  {escape(key.replace('/', '.'))} -> {escape(placed.host or '?')}: {escape(placed.reason)}")
         if key.startswith("service/"):
-            lines.append(f"      {escape(estimate_line(placed.estimate))}")
+            lines.append(f"      {escape(estimate_line(placed.estimate, placed.gpu_count))}")
     return (["Placement:"] + lines + [""]) if lines else []
 
 

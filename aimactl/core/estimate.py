@@ -49,6 +49,21 @@ def gib(value: int | None) -> str:
     return "?" if value is None else f"{value / 2**30:.1f} GiB"
 
 
+def size_text(value: int) -> str:
+    """`454 KiB`, `512 MiB`, `7.5 GiB`: the estimate's arithmetic stays readable for tiny models."""
+    if value < 2**20:
+        return f"{value / 2**10:.0f} KiB"
+    return f"{value / 2**20:.0f} MiB" if value < 2**30 else gib(value)
+
+
+def _count(value: int) -> str:
+    """`8.03B`, `116.3K` parameters."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if value >= scale:
+            return f"{value / scale:.{2 if unit == 'B' else 1}f}{unit}"
+    return str(value)
+
+
 def weights_of(model: str | None, known: Mapping[str, ModelWeights], cached_size: int | None,
                size_hint: int | None) -> ModelWeights | None:
     """A Model's weights: read by the controller (GGUF header, local files), else the host cache index's size,
@@ -70,10 +85,10 @@ def estimate(declared: int | None, weights: ModelWeights | None, footprint: int)
     if weights is None:
         return Estimate(None, UNKNOWN, "no resources.gpuMemory and no readable model weights")
     need = int(weights.bytes * OVERHEAD) + footprint
-    params = f", {weights.parameters / 1e9:.2f}B parameters" if weights.parameters else ""
+    params = f", {_count(weights.parameters)} parameters" if weights.parameters else ""
     types = f" ({', '.join(weights.tensor_types)})" if weights.tensor_types else ""
-    return Estimate(need, weights.source, f"weights {gib(weights.bytes)}{params}{types} x {OVERHEAD} + engine "
-                                          f"footprint {gib(footprint)}")
+    return Estimate(need, weights.source, f"weights {size_text(weights.bytes)}{params}{types} x {OVERHEAD} + "
+                                          f"engine footprint {size_text(footprint)}")
 
 
 def service_estimate(res: Any, known: Mapping[str, ModelWeights], models: Mapping[str, Any],

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aimactl.core.checks import Check, error, warning
-from aimactl.core.estimate import Estimate, ModelWeights, gib, service_estimate
+from aimactl.core.estimate import Estimate, ModelWeights, gib, service_estimate, size_text
 from aimactl.core.facts import HOT_CELSIUS, GpuFacts, HostFacts
 from aimactl.core.observed import Observed
 from aimactl.core.placement import BINPACK, Placement, Request, place_all, tenants
@@ -168,10 +168,14 @@ def host_checks(observed: Observed, hosts: Iterable[str], gpu_hosts: Iterable[st
     return checks
 
 
-def estimate_line(estimate: Estimate | None) -> str:
-    """`needs ~7.5 GiB of GPU memory (from GGUF header: weights ...)` for plan and describe."""
+def estimate_line(estimate: Estimate | None, gpu_count: int | None = None) -> str:
+    """`needs ~7.5 GiB of GPU memory per replica (from GGUF header: weights ...)` for plan and describe; without
+    GPUs (`gpu_count` 0) the same figure is what the model needs, and nothing is checked against it."""
     if estimate is None or estimate.bytes is None:
         return "GPU memory need unknown (declare resources.gpuMemory)"
+    if gpu_count == 0:
+        return (f"no GPU asked: the model needs ~{size_text(estimate.bytes)} of memory per replica "
+                f"({estimate.source}: {estimate.detail})")
     return f"needs ~{gib(estimate.bytes)} of GPU memory per replica ({estimate.source}: {estimate.detail})"
 
 
