@@ -90,6 +90,9 @@ def test_one_connection_is_reused_for_every_call(ssh_hosts: SshHosts) -> None:
         sources.add("".join(lines).split()[1])
         wait()
         assert len(sources) == 1
+        sock = conn.transport().sock  # a host that vanishes without closing is noticed by the kernel
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 15
     finally:
         conn.close()
 

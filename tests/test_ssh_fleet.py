@@ -170,6 +170,14 @@ def test_a_stack_over_two_ssh_hosts_applies_then_plans_empty(ssh_hosts: SshHosts
             assert [p.name for p in (fleet.data[name] / "helper").iterdir()][0].startswith("aimahelper-")
         assert not (fleet.data["edge-2"] / "lock").exists()  # released after the apply
 
+        logs = fleet.run("logs", "api", "--filename", str(manifest), "--tail", "20")  # the process's log on edge-2
+        assert logs.returncode == 0 and "GET /hostname" in logs.stdout, logs.stdout + logs.stderr
+        listed = fleet.run("get", "services", "-f", str(manifest), "-o", "json")
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        rows = {(r["name"], r["host"], r["state"], r["sync"], r["endpoint"]) for r in json.loads(listed.stdout)}
+        assert rows == {("web", "edge-1", "running", "in-sync", f"http://127.0.0.2:{web_port}"),
+                        ("api", "edge-2", "running", "in-sync", f"http://127.0.0.3:{api_port}")}
+
         planned = fleet.run("plan", "-f", str(manifest), "--detailed-exitcode")
         assert planned.returncode == 0, planned.stdout + planned.stderr
         assert "No changes" in planned.stdout or "no changes" in planned.stdout.lower()

@@ -113,8 +113,9 @@ class Connections:
                                                                 info.known_hosts, self.accept_new_host_keys)
             connector = self._connectors[host]
         connector.transport()
-        if info.data_dir == "~" or info.data_dir.startswith("~/"):
-            self.hosts[host] = dataclasses.replace(info, data_dir=connector.expand(info.data_dir))
+        if info.data_dir.startswith("~") or info.python.startswith("~/"):
+            self.hosts[host] = dataclasses.replace(info, data_dir=connector.expand(info.data_dir),
+                                                   python=connector.expand(info.python))
         if helper and posixpath.dirname(posixpath.dirname(helper)) == self.hosts[host].data_dir:
             self._helpers[host] = helper  # uploaded (or found) earlier in this command
         return connector

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aimactl.hosts.connector import Completed, HostUnreachable
 
@@ -105,6 +105,7 @@ class SshConnector:
             self._client = self._connect()
             transport = self._client.get_transport()
             transport.set_keepalive(KEEPALIVE_S)
+            _tcp_keepalive(transport.sock)
             return transport
 
     def _connect(self) -> Any:
@@ -121,7 +122,7 @@ class SshConnector:
                 client.load_host_keys(self.known_hosts)
             except (OSError, paramiko.SSHException) as exc:
                 raise self._unreachable(f"cannot read known_hosts file {self.known_hosts}: {exc}") from None
-        client.set_missing_host_key_policy(_UnknownKeyPolicy(self))
+        client.set_missing_host_key_policy(cast(Any, _UnknownKeyPolicy(self)))  # duck-typed: paramiko is lazy
         target = self.target
         started = time.monotonic()
         try:
@@ -319,6 +320,18 @@ class SshConnector:
                 sftp.mkdir(path, 0o700)
             except OSError:
                 sftp.stat(path)  # created meanwhile by another thread or command: fine; otherwise raise
+
+
+def _tcp_keepalive(sock: Any) -> None:
+    """Let the kernel notice a host that vanished without closing (power loss, partition) within about 30 s:
+    paramiko's keepalives ask for no reply, so without this a read from a dead host would wait forever."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_S), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (a proxy): paramiko's keepalive alone
 
 
 class _UnknownKeyPolicy:
