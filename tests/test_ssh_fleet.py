@@ -181,6 +181,18 @@ def test_a_stack_over_two_ssh_hosts_applies_then_plans_empty(ssh_hosts: SshHosts
         planned = fleet.run("plan", "-f", str(manifest), "--detailed-exitcode")
         assert planned.returncode == 0, planned.stdout + planned.stderr
         assert "No changes" in planned.stdout or "no changes" in planned.stdout.lower()
+
+        # A saved plan made on one run, applied on another: its hosts are reconnected and re-checked.
+        manifest.write_text(manifest.read_text().replace("  runtime: process\n", "  runtime: process\n"
+                                                         "  env: {MODE: two}\n"))
+        saved = fleet.run("plan", "-f", str(manifest), "--out", str(tmp_path / "plan.json"))
+        assert saved.returncode == 0 and "service.api" in saved.stdout, saved.stdout + saved.stderr
+        from_file = fleet.run("apply", str(tmp_path / "plan.json"))
+        assert from_file.returncode == 0, from_file.stdout + from_file.stderr
+        [pid_file] = (fleet.data["edge-2"] / "proc").glob("*.pid")
+        pid = json.loads(pid_file.read_text())["pid"]
+        assert b"MODE=two" in Path(f"/proc/{pid}/environ").read_bytes()
+        assert fleet.run("plan", "-f", str(manifest), "--detailed-exitcode").returncode == 0
     finally:
         destroyed = fleet.run("destroy", "-f", str(manifest), "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
