@@ -108,3 +108,37 @@ def test_apply_is_refused_while_another_controller_holds_the_host(ssh_hosts: Ssh
         locks.release()
         _cli(tmp_path, "destroy", "-f", str(manifest), "--stack", stack, "--auto-approve")
         other.close()
+
+
+
+def test_the_lock_is_read_and_written_under_the_guard(ssh_hosts: SshHosts, tmp_path: Path) -> None:
+    """While another controller is between reading and writing the lock (it holds the guard), a second one waits
+    and then sees what the first wrote, so two controllers can never both take a free host."""
+    import fcntl
+
+    host = ssh_hosts.by_name("edge-1")
+    connections = Connections({host.name: _info(ssh_hosts, host, tmp_path)}, {})
+    try:
+        connections.helper_path(host.name)
+        outcome: list[str] = []
+
+        def contender() -> None:
+            try:
+                HostLocks(connections, "second").acquire(host.name)
+                outcome.append("acquired")
+            except HostLockHeld as exc:
+                outcome.append(str(exc))
+
+        with open(tmp_path / "lock.guard", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # the first controller, mid-way
+            thread = threading.Thread(target=contender)
+            thread.start()
+            time.sleep(3)
+            assert outcome == [] and not (tmp_path / "lock").exists()  # the second waits on the guard
+            live = {"holder": "first", "token": "t1", "pid": 7, "hostname": "ops-1", "acquired": "now",
+                    "expiry": "later", "expires_at": time.time() + 300}
+            (tmp_path / "lock").write_text(json.dumps(live))
+        thread.join(30)
+        assert len(outcome) == 1 and "held by first (pid 7 on ops-1)" in outcome[0]
+    finally:
+        connections.close()
