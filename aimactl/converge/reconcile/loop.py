@@ -108,7 +108,9 @@ class Reconciler:
                     report.errors.append("no valid manifests yet: nothing to converge")
                 else:
                     report.source = self.current.label
-                    self._watch(converge(self.ctx, self.current.manifests, self.current.label, report, False))
+                    eager = any(t.startswith(("docker: ", "process: ")) for t in trigger)
+                    self._watch(converge(self.ctx, self.current.manifests, self.current.label, report, False,
+                                         eager))
         except SourceError as exc:
             report.result, report.errors = "error", [*report.errors, str(exc)]
         report.seconds = time.monotonic() - start
