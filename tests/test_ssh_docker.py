@@ -73,3 +73,16 @@ def test_a_missing_engine_socket_on_the_host_is_named(ssh_hosts: SshHosts, tmp_p
         assert "No such file or directory" in message
     finally:
         connections.close()
+
+
+def test_the_local_host_takes_its_docker_socket_from_the_manifest(docker_engine: object) -> None:
+    info = HostInfo("local", docker=docker_engine.socket_path)  # type: ignore[attr-defined]  # a bare path
+    connections = Connections({"local": info}, {"DOCKER_HOST": "unix:///nowhere/docker.sock"})
+    try:
+        runtime = connections.runtime("local", "docker")
+        assert runtime.image_ids(["aima-test/busybox:latest"])["aima-test/busybox:latest"].startswith("sha256:")
+        created = runtime.create(ContainerSpec(f"aima-local-{uuid.uuid4().hex[:8]}", "aima-test/busybox:latest",
+                                               ("true",), restart="no"), {})  # the SDK takes the same endpoint
+        runtime.remove(created)
+    finally:
+        connections.close()

@@ -159,7 +159,9 @@ class Connections:
         a private local socket forwarded over its SSH connection to `docker:` (default /var/run/docker.sock)."""
         info = self.hosts[host]
         if info.address == "local":
-            return info.docker or docker_endpoint(self.environ.get("DOCKER_HOST"))
+            if info.docker:
+                return info.docker if "://" in info.docker else f"unix://{info.docker}"
+            return docker_endpoint(self.environ.get("DOCKER_HOST"))
         with self._lock:
             forwarder = self._forwarders.get(host)
         if forwarder is None:
