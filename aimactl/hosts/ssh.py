@@ -111,7 +111,11 @@ class SshConnector:
     def _connect(self) -> Any:
         """Open and authenticate the connection; every failure becomes HostUnreachable naming host and reason."""
         import logging
+        import sys
 
+        # paramiko imports `invoke` (0.2-0.5 s: unittest.mock and more) only to run `Match exec` lines of an
+        # ssh_config, which aimactl never reads: keep it out of every command that reaches an SSH host.
+        sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
         import paramiko
 
         # Failures are reported as one line each; paramiko's own log would add tracebacks on stderr.
