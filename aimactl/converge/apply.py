@@ -137,11 +137,13 @@ class Executor:
         return result
 
     def _stop_reason(self) -> str | None:
-        """Why no new step may start (--max-fail-percent exceeded), or None.
+        """Why no new step may start (interrupted, or --max-fail-percent exceeded), or None.
 
         A step first waits for a free operation slot, so that with a bounded --parallelism the steps queued
         behind a failing host see its failure before they start.
         """
+        if self.cancelled.is_set():  # Ctrl-C, or SIGTERM to the reconcile loop: finish only what has begun
+            return "not started: interrupted"
         if self.max_fail_percent is None:
             return None
         with self.slots, self._hosts_lock:
