@@ -129,8 +129,11 @@ def reconcile_command(common: Common, flags: LoopFlags) -> None:
         if flags.metrics_addr:
             try:
                 server = serve(metrics, flags.metrics_addr)
-            except (OSError, ValueError) as exc:
-                error(f"--metrics-addr {flags.metrics_addr}: {exc}")
+            except ValueError as exc:
+                error(str(exc))
+                raise typer.Exit(1) from None
+            except OSError as exc:
+                error(f"--metrics-addr {flags.metrics_addr}: {exc.strerror or exc}")
                 raise typer.Exit(1) from None
         json_out = flags.output == "json"
         ctx = Context(stack, store, os.environ, _Quiet() if json_out else LineReporter(), metrics, threading.Event(),

@@ -101,7 +101,9 @@ def run_git(argv: Sequence[str]) -> str:
         raise SourceError(f"git {argv[0] if argv else ''}: {exc}") from None
     if done.returncode != 0:
         lines = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}").splitlines()
-        raise SourceError(f"git {' '.join(a for a in argv[:3] if not a.startswith('/'))}: {lines[-1]}")
+        # git's own verdict is its `fatal:` / `error:` line; hints and advice follow it.
+        verdict = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1])
+        raise SourceError(f"git {' '.join(a for a in argv[:3] if not a.startswith('/'))}: {verdict}")
     return done.stdout
 
 
