@@ -85,3 +85,30 @@ def test_max_fail_percent_counts_the_unreachable_host(fleet: Stack) -> None:
     allowed = fleet.run("apply", "-f", str(fleet.dir), "--auto-approve", "--max-fail-percent", "50")
     assert allowed.returncode == 1, allowed.stdout
     assert _host_row(allowed.stdout, "local")[:5] == ["local", "yes", "1", "0", "0"]
+
+
+def test_max_fail_percent_stops_new_steps_after_a_failure_mid_run(docker_engine: object, tmp_path: Path) -> None:
+    """`broken` fails in the first wave on local (its container exits); `late` waits for `base` (second wave)
+    and is independent of `broken`: with --max-fail-percent 0 it is not started, without it it is created."""
+    stack = Stack(docker_engine, tmp_path)
+    broken = (f"apiVersion: aima.dev/v1\nkind: App\nmetadata: {{name: broken}}\nspec:\n  image: {BUSY}\n"
+              "  command: ['sh', '-c', 'exit 3']\n  restart: 'no'\n")
+    base = _app("base", "local", free_port())
+    late = _app("late", "local", free_port()) + "  dependsOn: [base]\n"
+    stack.write("---\n".join([LOCAL_HOST, broken, base, late]))
+    try:
+        stopped = stack.run("apply", "-f", str(stack.dir), "--auto-approve", "--max-fail-percent", "0")
+        out = stopped.stdout + stopped.stderr
+        assert stopped.returncode == 1, out
+        assert "app.broken[0]@local: failed" in out and "exit code 3" in out
+        assert "app.base[0]@local: done" in out
+        assert "app.late[0]@local: skipped" in out
+        assert "not started: 1 of 1 hosts failed (local), more than --max-fail-percent 0" in out
+        assert f"aima-{stack.name}-late-0" not in [c.name for c in stack.containers()]  # type: ignore[attr-defined]
+
+        carried_on = stack.run("apply", "-f", str(stack.dir), "--auto-approve")
+        assert carried_on.returncode == 1, carried_on.stdout
+        assert "app.late[0]@local: done" in carried_on.stdout
+        assert f"aima-{stack.name}-late-0" in [c.name for c in stack.containers()]  # type: ignore[attr-defined]
+    finally:
+        stack.cleanup()
