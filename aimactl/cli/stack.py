@@ -165,7 +165,7 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
 
     The plan that is shown is made under the lock and is the plan that runs. A first plan without the lock
     (and without opening the state store, which is a third of a no-op's start-up) ends the command early when
-    there is nothing to do or the plan has errors. Unreachable hosts are left out; the others converge and the
+    there is nothing to do. Unreachable hosts are left out; the others converge and the
     command exits 1 with a per-host summary.
     """
     from aimactl.cli.render import hosts_table, plan_text, results_table
@@ -173,7 +173,10 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
     if preview:
         first = build()
         try:
-            _nothing_to_apply(first.plan)
+            # Errors are confirmed under the lock: a plan made without it can see an apply that runs right now
+            # (the reconcile loop) half-way, e.g. a port its new container just bound, as held by a stranger.
+            if not first.plan.errors:
+                _nothing_to_apply(first.plan)
         finally:
             first.connections.close(keep_connections=True)  # the SSH connections serve the plan under the lock
             first.close()
