@@ -172,7 +172,17 @@ class Connections:
                 raise RuntimeFailure(f"host {host}: docker endpoint {info.docker!r} must be a unix socket path "
                                      "on that host (it is reached over SSH)")
             connector, python, helper = self.ssh(host), info.python, self.helper_path(host)
-            forwarder = SocketForwarder(host, lambda: connector.exec([python, helper, "dial", remote]))
+            seen: list[bool] = []
+
+            def dial() -> Any:
+                # A host without the socket is told by one SFTP stat (once), not by a shell and `dial` each time.
+                if not seen:
+                    if not connector.exists(remote):
+                        raise OSError(f"cannot connect to {remote}: No such file or directory")
+                    seen.append(True)
+                return connector.exec([python, helper, "dial", remote])
+
+            forwarder = SocketForwarder(host, dial)
             with self._lock:
                 self._forwarders[host] = forwarder
         return str(forwarder.url)
