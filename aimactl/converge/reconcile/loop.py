@@ -113,6 +113,10 @@ class Reconciler:
                                          eager))
         except SourceError as exc:
             report.result, report.errors = "error", [*report.errors, str(exc)]
+        except Exception as exc:  # noqa: BLE001 - a daemon reports what went wrong and tries again next pass
+            if self.ctx.environ.get("AIMACTL_DEBUG"):
+                raise
+            report.result, report.errors = "error", [*report.errors, f"{type(exc).__name__}: {exc}"]
         report.seconds = time.monotonic() - start
         self.ctx.metrics.observe_pass(report.result, report.seconds)
         self.log(report)

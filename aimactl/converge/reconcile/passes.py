@@ -224,16 +224,39 @@ def converge(ctx: Context, manifests: Any, source: str, report: PassReport, new_
             report.waiting.clear()
             report.recovered.clear()
             sel = _choose(ctx, session, self_heal, report, retried)
-            if sel.work or new_revision:
-                report.drift = dict(sel.drift)
-                ctx.metrics.add("drift", len(sel.drift))
-                revision, results = apply_selection(ctx, session, sel, source)
-                report.revision = revision
-                _settle(ctx, sel, session, results, revision, report)
+            if (sel.work or new_revision) and not _apply(ctx, session, sel, source, report):
+                return session.plan
         finally:
             session.close()
     _finish(ctx, sel, session, report)
     return session.plan
+
+
+def _apply(ctx: Context, session: Session, sel: Selection, source: str, report: PassReport) -> bool:
+    """Apply the selection (the caller holds the stack lock) and settle each replica's state; False when an
+    SSH host's own lock is held by another controller (the pass is `blocked`, retried soon)."""
+    from aimactl.hosts.hostlock import HostLockError, holder_name, host_locks
+
+    try:
+        # SSH hosts are locked on the host too, against controllers on other machines (as `apply` does).
+        with host_locks(session.connections, _ssh_hosts(session, sel), holder_name("reconcile", ctx.stack)):
+            revision, results = apply_selection(ctx, session, sel, source)
+    except HostLockError as exc:
+        report.result = "blocked"
+        report.errors.append(f"{exc}; retrying")
+        return False
+    report.drift = dict(sel.drift)
+    ctx.metrics.add("drift", len(sel.drift))
+    report.revision = revision
+    _settle(ctx, sel, session, results, revision, report)
+    return True
+
+
+def _ssh_hosts(session: Session, sel: Selection) -> set[str]:
+    """The reachable SSH hosts the selected work changes."""
+    hosts = session.connections.hosts
+    return {c.host for c in sel.work if c.host in hosts and hosts[c.host].address != "local"
+            and c.host not in session.plan.unreachable}
 
 
 def _health(change: Any, session: Session, applied: Mapping[str, str]) -> str:
