@@ -186,3 +186,22 @@ def test_manual_apply_waits_for_the_loop_and_the_loop_waits_for_it(stack: Stack)
         assert "No changes" in manual.stdout or "already converged" in manual.stdout, manual.stdout
     finally:
         assert loop.stop() == 0, loop.log()
+
+
+def test_a_crash_loop_backs_off_and_stalls_instead_of_flapping_forever(stack: Stack) -> None:
+    crash = '["sh", "-c", "sleep 3; exit 1"]'
+    stack.write(f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: crash}}\nspec:\n  engine: custom\n"
+                f"  image: aima-test/busybox:latest\n  command: {crash}\n  restart: 'no'\n")
+    loop = stack.loop("-f", str(stack.dir), "--interval", "5m", "--retry-budget", "3", "--backoff", "1s")
+    try:
+        stalled = loop.wait_for(lambda r: r["stalled"], 90)
+        assert stalled["stalled"] == ["service.crash[0]@local"]
+        assert "keeps failing: container exited (1)" in stalled["failed"]["service.crash[0]@local"], stalled
+        heals = [r for r in loop.reports if "service.crash[0]@local" in r["applied"]]
+        assert 3 <= len(heals) <= 4, loop.log()  # created, restored at once, then restored after backoffs
+        after = loop.last()
+        time.sleep(5)
+        assert not any(r["applied"] for r in loop.reports if r["number"] > after)
+        assert stack.container("crash").status == "exited"
+    finally:
+        assert loop.stop() == 0, loop.log()

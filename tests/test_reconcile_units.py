@@ -193,3 +193,21 @@ def test_resource_states_round_trip_retry_and_stalled(tmp_path: Path) -> None:
         assert list(load_states(store, "s")) == ["service.api[0]@local"]
     finally:
         store.close()
+
+
+def test_a_replica_that_keeps_dying_keeps_its_failures_until_it_stays_up() -> None:
+    from aimactl.converge.reconcile.backoff import flaps
+
+    died = change(REPLACE, "web", observed="h1", reason="container exited (1)")
+    address = died.address
+    state = ResourceState(address, "service/web", "h1", IN_SYNC, failures=1)
+    sel = select(Plan("s", [died]), {address: state}, {}, NOW, recent={address})
+    assert flaps(sel.work, sel.drift, sel.states, {address}) == [died]  # died again soon after a heal
+    waited = ResourceState(address, "service/web", "h1", "failed", failures=2, next_retry_at=NOW.isoformat())
+    sel = select(Plan("s", [died]), {address: waited}, {}, NOW, recent={address})
+    assert flaps(sel.work, sel.drift, sel.states, {address}) == []  # the attempt that ends its backoff
+    record_success(state, "h1", flapping=True)
+    assert state.failures == 1 and state.sync == IN_SYNC
+    up = Plan("s", [change(NOOP, "web", observed="h1")])
+    assert select(up, {address: state}, {}, NOW, recent={address}).states[address].failures == 1
+    assert select(up, {address: state}, {}, NOW).states[address].failures == 0  # stayed up: forgiven

@@ -10,7 +10,7 @@ that died, was removed, or was changed by hand) is only reported.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -85,13 +85,15 @@ def _waiting(state: ResourceState, now: datetime) -> str | None:
 
 
 def select(plan: Plan, states: Mapping[str, ResourceState], self_heal: Mapping[str, bool], now: datetime,
-           blocked: Mapping[str, str] | None = None, unhealthy: Mapping[str, str] | None = None) -> Selection:
+           blocked: Mapping[str, str] | None = None, unhealthy: Mapping[str, str] | None = None,
+           recent: Collection[str] = ()) -> Selection:
     """Split the plan's changes into work for this pass and changes that wait.
 
     `self_heal` maps resource keys (`service/chat`) to their `selfHeal`; `blocked` maps addresses to plan errors
     that stop them this pass (a host or engine that cannot be reached: retried next pass, no backoff);
     `unhealthy` maps the addresses of in-sync replicas whose last attempt failed (not ready) and that still do
-    not answer: they are replaced again when their backoff ends.
+    not answer: they are replaced again when their backoff ends. `recent` are addresses healed a short while
+    ago: being in sync does not yet clear their failures (a replica that keeps dying must reach Stalled).
     """
     out = Selection(states={k: dataclasses.replace(v) for k, v in states.items()})
     blocked, unhealthy = blocked or {}, unhealthy or {}
@@ -113,8 +115,9 @@ def select(plan: Plan, states: Mapping[str, ResourceState], self_heal: Mapping[s
                                                     reason=f"not ready ({unhealthy[change.address]}): trying again"))
             continue
         if change.action == NOOP:
-            state.sync, state.reason, state.desired_hash = IN_SYNC, "", wanted
-            state.failures, state.stalled, state.next_retry_at = 0, False, None
+            state.sync, state.desired_hash = IN_SYNC, wanted
+            if change.address not in recent:
+                state.failures, state.stalled, state.next_retry_at, state.reason = 0, False, None, ""
             continue
         why = blocked.get(change.address) or _waiting(state, now)
         if why:
@@ -144,10 +147,21 @@ def record_failure(state: ResourceState, wanted: str | None, reason: str, now: d
     return False
 
 
-def record_success(state: ResourceState, wanted: str | None) -> None:
-    """The change was applied: the resource is in sync and its backoff forgotten."""
-    state.failures, state.stalled, state.next_retry_at, state.reason = 0, False, None, ""
+def record_success(state: ResourceState, wanted: str | None, flapping: bool = False) -> None:
+    """The change was applied: the resource is in sync and its backoff forgotten, except the failure count of
+    one that keeps dying (`flapping`): that is cleared only once it stays up (see `select`'s `recent`)."""
+    if not flapping:
+        state.failures, state.reason = 0, ""
+    state.stalled, state.next_retry_at = False, None
     state.sync, state.desired_hash = IN_SYNC, wanted
+
+
+def flaps(work: Iterable[Change], drift: Mapping[str, str], states: Mapping[str, ResourceState],
+          recent: Collection[str]) -> list[Change]:
+    """The drift in `work` that is a replica dying again soon after it was healed, and not the attempt that ends
+    a backoff: each counts as a failure (and waits) instead of being healed at once, like a crash loop."""
+    return [c for c in work if c.address in drift and c.address in recent
+            and states[c.address].next_retry_at is None]
 
 
 def next_due(states: Iterable[ResourceState], now: datetime) -> float | None:

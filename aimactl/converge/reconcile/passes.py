@@ -8,13 +8,22 @@ problem: those become waiting changes, failures with backoff, or events.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, Reporter, StepResult
-from aimactl.converge.reconcile.backoff import Policy, Selection, desired_hash, record_failure, record_success, select
+from aimactl.converge.reconcile.backoff import (
+    Policy,
+    Selection,
+    desired_hash,
+    flaps,
+    record_failure,
+    record_success,
+    select,
+)
 from aimactl.converge.reconcile.backoff import without as plan_without
 from aimactl.converge.reconcile.metrics import Metrics
 from aimactl.converge.session import Session, plan_stack, record
@@ -22,6 +31,8 @@ from aimactl.core.plan import NOOP, Plan, PlanOptions
 from aimactl.core.planfile import to_dict
 from aimactl.store.resources import load_states, save_states, take_retry_requests
 
+FLAP_S = 60.0
+"""A replica that dies again within this many seconds of being restored counts a failure (crash loop)."""
 TRANSIENT_CHECKS = ("host-unreachable", "docker-unavailable")
 """Plan errors that say "cannot reach it now": retried next pass, never counted against the retry budget."""
 
@@ -65,9 +76,16 @@ class Context:
     parallelism: int = 4
     lock_wait: float = 2.0
     allow_empty: bool = False
+    healed_at: dict[str, float] = field(default_factory=dict)
+    """Address -> when (monotonic) the loop last restored it after drift, to tell a crash loop."""
     reported: dict[str, str] = field(default_factory=dict)
     """Address -> the last drift or error text recorded as an event, so a lasting problem is recorded once."""
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+
+    def recently_healed(self) -> set[str]:
+        """Addresses restored less than FLAP_S ago."""
+        moment = time.monotonic()
+        return {a for a, t in self.healed_at.items() if moment - t < FLAP_S}
 
 
 def _blocked(plan: Plan) -> tuple[dict[str, str], dict[str, str], list[str]]:
@@ -117,7 +135,18 @@ def _choose(ctx: Context, session: Session, self_heal: Mapping[str, bool], repor
                 report.recovered.append(change.address)
             else:
                 unhealthy[change.address] = health.removeprefix("unhealthy: ")
-    sel = select(session.plan, states, self_heal, ctx.now(), transient, unhealthy)
+    recent = ctx.recently_healed()
+    sel = select(session.plan, states, self_heal, ctx.now(), transient, unhealthy, recent)
+    for change in flaps(sel.work, sel.drift, sel.states, recent) if count else []:
+        state, address = sel.states[change.address], change.address
+        reason = f"keeps failing: {sel.drift[address]} ({time.monotonic() - ctx.healed_at[address]:.0f}s after " \
+                 "it was restored)"
+        if state.failures == 0:  # the first quick death is restored at once, the next ones back off
+            state.failures, state.reason = 1, reason
+            continue
+        sel.work.remove(change)
+        del sel.drift[address]
+        _fail(ctx, sel, address, desired_hash(change), reason, report)
     report.errors += [e for e in overall if e not in report.errors]
     if overall:
         sel.waiting.update({c.address: "; ".join(overall) for c in sel.work})
@@ -176,9 +205,11 @@ def _settle(ctx: Context, sel: Selection, session: Session, results: list[StepRe
         if r.address not in sel.states:
             continue
         if r.status in (DONE, UNCHANGED):
-            record_success(sel.states[r.address], wanted.get(r.address))
+            state = sel.states[r.address]
+            record_success(state, wanted.get(r.address), flapping=state.failures > 0 and r.address in sel.drift)
             report.applied[r.address] = r.message
             if r.address in sel.drift:
+                ctx.healed_at[r.address] = time.monotonic()
                 ctx.metrics.add("heals")
                 ctx.store.add_event(ctx.stack, r.address, "healed", f"healed: {r.message}", revision)
             ctx.reported.pop(r.address, None)
