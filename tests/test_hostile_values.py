@@ -117,7 +117,7 @@ def hostile(docker_engine: object, tmp_path: Path) -> Iterator[Hostile]:
     (volume_src / "content").write_text("mounted literally\n")
     case = Hostile(stack, marks, out, hostile_values(marks), tmp_path / "data $(touch d) `e`; 'f\"", model_src,
                    volume_src)
-    # The helper's processes run in the controller's working directory: keep stray files (`~`, `*`) there.
+    # `~` must stay literal; were any shell to expand it, it would point at a scratch HOME, not the real one.
     stack.env["HOME"] = str(tmp_path / "home")
     yield case
     stack.run("destroy", "-f", str(stack.dir), "--auto-approve")
