@@ -59,6 +59,7 @@ def _source(common: Common, flags: LoopFlags, store: Any) -> Any:
     from aimactl.converge.reconcile.gitsource import DirSource, GitSource, applied_commit
 
     def load(paths: Any) -> Any:
+        """Load and validate with the command's template flags."""
         return read_manifests(list(paths), common.var, common.var_file, common.allow_env)
 
     if flags.git is None:
@@ -102,6 +103,35 @@ class _Quiet:
         """Nothing."""
 
 
+def _printer(json_out: bool) -> Any:
+    """How each pass is shown: one JSON object per line, or the text lines."""
+
+    def log(report: Any) -> None:
+        """Print one pass and flush (the loop is often read through a pipe)."""
+        if json_out:
+            sys.stdout.write(json.dumps(report.to_dict(), default=str) + "\n")
+        else:
+            console().print(_text_line(report), markup=False, highlight=False)
+        sys.stdout.flush()
+
+    return log
+
+
+def _metrics_server(metrics: Any, addr: str | None) -> Any:
+    """Serve --metrics-addr (None without it); a bad or busy address is a clear error."""
+    from aimactl.converge.reconcile.metrics import serve
+
+    if not addr:
+        return None
+    try:
+        return serve(metrics, addr)
+    except ValueError as exc:
+        error(str(exc))
+    except OSError as exc:
+        error(f"--metrics-addr {addr}: {exc.strerror or exc}")
+    raise typer.Exit(1)
+
+
 def reconcile_command(common: Common, flags: LoopFlags) -> None:
     """Run the loop until SIGTERM or Ctrl-C (or one pass with --once); exit 0 when it stopped cleanly."""
     import signal
@@ -110,7 +140,7 @@ def reconcile_command(common: Common, flags: LoopFlags) -> None:
     from aimactl.cli.stack import LineReporter
     from aimactl.converge.reconcile.backoff import Policy
     from aimactl.converge.reconcile.loop import Reconciler, Settings
-    from aimactl.converge.reconcile.metrics import Metrics, serve
+    from aimactl.converge.reconcile.metrics import Metrics
     from aimactl.converge.reconcile.passes import Context
     from aimactl.store import StoreError, open_store
 
@@ -123,32 +153,14 @@ def reconcile_command(common: Common, flags: LoopFlags) -> None:
     except StoreError as exc:
         error(str(exc))
         raise typer.Exit(1) from None
-    metrics = Metrics(stack)
-    server = None
+    metrics, server, json_out = Metrics(stack), None, flags.output == "json"
     try:
-        if flags.metrics_addr:
-            try:
-                server = serve(metrics, flags.metrics_addr)
-            except ValueError as exc:
-                error(str(exc))
-                raise typer.Exit(1) from None
-            except OSError as exc:
-                error(f"--metrics-addr {flags.metrics_addr}: {exc.strerror or exc}")
-                raise typer.Exit(1) from None
-        json_out = flags.output == "json"
+        server = _metrics_server(metrics, flags.metrics_addr)
         ctx = Context(stack, store, os.environ, _Quiet() if json_out else LineReporter(), metrics, threading.Event(),
                       Policy(flags.backoff, flags.max_backoff, flags.retry_budget), common.parallelism,
                       flags.lock_timeout, common.allow_empty)
         source = _source(common, flags, store)
-
-        def log(report: Any) -> None:
-            if json_out:
-                sys.stdout.write(json.dumps(report.to_dict(), default=str) + "\n")
-            else:
-                console().print(_text_line(report), markup=False, highlight=False)
-            sys.stdout.flush()
-
-        loop = Reconciler(ctx, source, Settings(flags.interval, flags.once), log)
+        loop = Reconciler(ctx, source, Settings(flags.interval, flags.once), _printer(json_out))
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda number, frame: loop.request_stop(signal.Signals(number).name))
         if not json_out:

@@ -110,6 +110,7 @@ def serve(metrics: Metrics, addr: str) -> Any:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            """`/metrics` (or `/`): the exposition text; anything else 404."""
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404)
                 return
