@@ -3,6 +3,7 @@ reverting changes made by hand, selfHeal: false, backoff to Stalled and --retry,
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -151,7 +152,8 @@ def test_failures_back_off_then_stall_until_retry(stack: Stack, tmp_path: Path) 
         address = "service.flaky[0]@local"
         loop.wait_for(lambda r: address in r["applied"] or address in r["recovered"], 30, quiet_from)
         assert http_get(f"http://127.0.0.1:{port}/ok") == b"fine\n"
-        assert stack.run("reconcile", "--retry", "nothing-like-it").returncode == 1
+        unknown = stack.run("reconcile", "--retry", "nothing-like-it", "-o", "json")
+        assert unknown.returncode == 1 and json.loads(unknown.stdout) == {"retried": [], "unknown": ["nothing-like-it"]}
     finally:
         assert loop.stop() == 0, loop.log()
 

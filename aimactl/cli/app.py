@@ -263,7 +263,7 @@ def reconcile(
     from aimactl.cli.reconcile import LoopFlags, reconcile_command, retry_command
 
     if retry:
-        retry_command(stack, retry)
+        retry_command(stack, retry, output.value)
         return
     seconds = _seconds(interval)
     if seconds <= 0:

@@ -31,23 +31,28 @@ class LoopFlags:
     lock_timeout: float = 2.0
 
 
-def retry_command(stack: str, names: list[str]) -> None:
+def retry_command(stack: str, names: list[str], output: str = "text") -> None:
     """Clear the backoff and Stalled state of resources so that the running loop tries them again now."""
+    from aimactl.cli.output import print_json
     from aimactl.store import current_host, current_user, open_store
     from aimactl.store.resources import request_retry
 
     store = open_store(environ=os.environ)
-    missing = []
+    missing, retried = [], []
     try:
         for name in names:
             hits = request_retry(store, check_stack(stack), name)
             for address in hits:
                 store.add_event(stack, address, "retry", f"retry requested by {current_user()}@{current_host()}")
-                console().print(f"{address}: retry requested", markup=False)
+                if output != "json":
+                    console().print(f"{address}: retry requested", markup=False)
+            retried += hits
             if not hits:
                 missing.append(name)
     finally:
         store.close()
+    if output == "json":
+        print_json({"retried": retried, "unknown": missing})
     if missing:
         error(f"no resource of stack {stack} named {', '.join(missing)} is known to the reconcile loop")
         raise typer.Exit(1)
