@@ -114,6 +114,9 @@ def test_self_heal_false_is_reported_as_drift_and_left_alone(stack: Stack) -> No
         assert len(drifts) == 1 and "left alone" in drifts[0]["message"], drifts  # reported once, not each pass
         got = stack.run("get", "services", "-f", str(stack.dir), "-o", "wide")
         assert re.search(r"keep .* drifted", got.stdout), got.stdout
+        # Sync and health apart: the loop's record says drifted (left alone) and unhealthy (exited).
+        described = stack.run("describe", "service/keep")
+        assert "Reconcile: service.keep[0]@local: drifted, unhealthy: exited (0)" in described.stdout, described.stdout
     finally:
         assert loop.stop() == 0, loop.log()
 
