@@ -13,7 +13,7 @@ import json
 import os
 import posixpath
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -251,15 +251,19 @@ def read_model_index(connections: Connections, host: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def observe_facts(connections: Connections, host: str) -> tuple[Any, str | None]:
+def observe_facts(connections: Connections, host: str,
+                  probed: Callable[[], Any] | None = None) -> tuple[Any, str | None]:
     """CPU, RAM, disk and GPU facts of a host (None and why when they cannot be read): in-process for the local
-    host, the helper's `probe` for others; AIMACTL_FAKE_NVML is honoured by aimactl/hosts/facts.py."""
+    host, the helper's `probe` for others (or `probed`, its answer already read); AIMACTL_FAKE_NVML is honoured
+    by aimactl/hosts/facts.py."""
     from aimactl.hosts.connector import HelperError, HostUnreachable, call_helper
     from aimactl.hosts.facts import collect_facts
 
     info = connections.hosts[host]
 
     def remote() -> Any:
+        if probed is not None:
+            return probed()
         return call_helper(connections.connector(host), info.python, connections.helper_path(host), "probe",
                            {"data_dir": info.data_dir}, timeout=60)
 
@@ -281,6 +285,34 @@ def _observe_docker(connections: Connections, host: str, stack: str,
         return [], [], {}, connections.docker_problem(host, exc)
 
 
+def _remote_batch(connections: Connections, host: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An SSH host's `probe` and `proc list` in one helper run there (one command per host, not one per verb):
+    each answer is {"ok": true, "result": ...} or {"ok": false, "error": {...}}."""
+    from aimactl.hosts.connector import HelperError, call_helper
+
+    info = connections.hosts[host]
+    process = connections.runtime(host, "process")
+    calls = [{"verb": "probe", "params": {"data_dir": info.data_dir}},
+             {"verb": "proc", "params": process.list_params()}]  # type: ignore[attr-defined]
+    try:
+        answer = call_helper(connections.connector(host), info.python, connections.helper_path(host), "batch",
+                             {"calls": calls}, timeout=60)
+    except HelperError as exc:
+        raise RuntimeFailure(exc.message) from None
+    probe, listed = answer["results"]
+    return probe, listed
+
+
+def _answer(outcome: dict[str, Any]) -> Any:
+    """The result of one batched verb, or its failure raised as the lone verb's would be."""
+    from aimactl.hosts.connector import HelperError
+
+    if outcome.get("ok"):
+        return outcome["result"]
+    error = outcome.get("error") or {}
+    raise HelperError(str(error.get("code", "error")), str(error.get("message", "unknown error")))
+
+
 def observe_host(connections: Connections, stack: str, host: str, images: Iterable[str]) -> ObservedHost:
     """One host's observation; an unreachable host says why, a missing Docker engine only blocks Docker."""
     seen = ObservedHost(host, address=connections.hosts[host].url_host)
@@ -292,18 +324,30 @@ def observe_host(connections: Connections, stack: str, host: str, images: Iterab
         return seen
     # The processes, the facts and the Docker engine each wait on the host (a helper run, a forwarded socket):
     # read at once rather than one after the other.
+    from aimactl.hosts.connector import HelperError
+    from aimactl.runtimes.process import ProcessRuntime
+
+    remote = info.address != "local"
     with ThreadPoolExecutor(max_workers=2) as pool:
-        facts = pool.submit(observe_facts, connections, host)
+        facts = None if remote else pool.submit(observe_facts, connections, host)
         docker = pool.submit(_observe_docker, connections, host, stack, images)
         try:
+            if remote:
+                probe, listed = _remote_batch(connections, host)
+                try:
+                    seen.containers = ProcessRuntime.stack_processes(_answer(listed), stack)
+                except HelperError as exc:
+                    raise RuntimeFailure(exc.message) from None
+                seen.facts, seen.facts_error = observe_facts(connections, host, lambda: _answer(probe))
             # A local host that never ran a process has no state dir: no need to start the helper to learn that.
-            if info.address != "local" or os.path.isdir(os.path.join(info.data_dir, "proc")):
+            elif os.path.isdir(os.path.join(info.data_dir, "proc")):
                 seen.containers, _ = connections.runtime(host, "process").observe(stack)
             seen.models = read_model_index(connections, host)
         except RuntimeFailure as exc:
             seen.reachable, seen.error = False, str(exc)
             return seen
-        seen.facts, seen.facts_error = facts.result()
+        if facts is not None:
+            seen.facts, seen.facts_error = facts.result()
         managed, seen.others, seen.image_ids, seen.docker_error = docker.result()
     seen.containers += managed
     if info.address == "local":

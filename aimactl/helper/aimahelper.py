@@ -1025,8 +1025,30 @@ def dial(argv: list) -> int:
 
 # -- entry point ------------------------------------------------------------------------------------------------
 
+BATCHABLE = ("probe", "proc")
+
+
+def verb_batch(params: dict) -> dict:
+    """Several read-only verbs in one run, so that observing a host costs one command there, not one per verb.
+
+    `calls` is a list of {"verb": "probe" | "proc", "params": {...}}; `results` answers each in order with
+    {"ok": true, "result": ...} or {"ok": false, "error": {"code", "message"}}, as a lone verb would.
+    """
+    out = []
+    for call in param(params, "calls", (list,)):
+        if not isinstance(call, dict) or call.get("verb") not in BATCHABLE or not isinstance(call.get("params"), dict):
+            raise HelperError("invalid-input", f"each call is {{verb: {' | '.join(BATCHABLE)}, params: {{...}}}}")
+        try:
+            out.append({"ok": True, "result": VERBS[call["verb"]](call["params"])})
+        except HelperError as exc:
+            out.append({"ok": False, "error": dict(exc.details, code=exc.code, message=exc.message)})
+        except Exception as exc:  # a bug in one verb must not hide the others' answers
+            out.append({"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}})
+    return {"results": out}
+
+
 VERBS = {"fetch": verb_fetch, "verify": verb_verify, "cache": verb_cache, "proc": verb_proc, "probe": verb_probe,
-         "lock": verb_lock, "unlock": verb_unlock}
+         "lock": verb_lock, "unlock": verb_unlock, "batch": verb_batch}
 
 
 def read_input() -> dict:

@@ -52,8 +52,17 @@ class ProcessRuntime:
 
     def observe(self, stack: str) -> tuple[list[ObservedContainer], list[ObservedContainer]]:
         """This stack's processes (running or exited); processes never hold others' ports."""
-        found = [parse_status(s) for s in self._proc("list")["processes"]]
-        return [p for p in found if p is not None and p.labels.get(L.STACK) == stack], []
+        return self.stack_processes(self._proc("list"), stack), []
+
+    def list_params(self) -> dict[str, Any]:
+        """The helper's `proc` parameters that list every process (for a batch of helper verbs)."""
+        return {"action": "list", "dir": self.state_dir}
+
+    @staticmethod
+    def stack_processes(listed: Any, stack: str) -> list[ObservedContainer]:
+        """This stack's processes from the helper's `proc list` answer."""
+        found = [parse_status(s) for s in listed["processes"]]
+        return [p for p in found if p is not None and p.labels.get(L.STACK) == stack]
 
     def image_ids(self, refs: Iterable[str]) -> dict[str, str]:
         """Processes have no images."""
