@@ -327,6 +327,8 @@ def describe_change(change: Change | None, wanted: Mapping[str, Any]) -> dict[st
     if "env" in wanted:
         env = change.desired.container.env if change.desired else {}
         got["env"] = {key: env.get(key) for key in wanted["env"]}
+    if "command" in wanted:
+        got["command"] = list(change.desired.container.command or ()) if change.desired else None
     if "gpus" in wanted:
         gpus = change.desired.container.gpus if change.desired else None
         got["gpus"] = list(gpus.device_ids) if gpus and gpus.device_ids else (gpus.count if gpus else None)
@@ -380,13 +382,19 @@ def test_plan_survives_the_plan_file(case: Case) -> None:
 def applied(observed: Observed, result: Plan) -> Observed:
     """The hosts after `apply` carried the plan out, as Docker would leave them.
 
-    Create and replace leave a new running container with the desired labels; delete removes it; an in-place
+    Create and replace leave a new running container with the desired labels (a Model: an entry in the host's
+    cache index); delete removes it; an in-place
     update (`docker update`) changes the live restart policy and limits but cannot touch labels, so the
     container keeps the labels (and the spec hash) it was created with.
     """
     after = copy.deepcopy(observed)
     for n, change in enumerate(result.changes):
         host = after.host(change.host)
+        if change.model is not None and change.action in (CREATE, REPLACE):
+            # The helper's fetch leaves the model in the host's cache index.
+            want = change.model
+            host.models[want.name] = {"source": want.source, "sha256": want.sha256, "path": want.path}
+            continue
         if change.action in (DELETE, REPLACE):
             host.containers = [c for c in host.containers if c.id != change.container_id]
         if change.action in (CREATE, REPLACE):

@@ -64,12 +64,19 @@ def _app(res: Resource) -> Workload:
     return Workload(spec.image, command_of(spec.command, []), ports, spec.health.path, spec.health.port)
 
 
-def _custom(res: Resource) -> Workload:
+def bind_address(host: Any) -> str:
+    """Where a native Service listens: loopback on the local host; on an SSH host every interface, because the
+    controller's readiness probe and the Services of other hosts reach it over the network (as they reach a
+    Docker Service's published port there)."""
+    return "127.0.0.1" if getattr(host, "address", "local") == "local" else "0.0.0.0"
+
+
+def _custom(res: Resource, host: Any) -> Workload:
     spec = res.spec
     if spec.runtime == "process":
         argv = command_of(spec.command, spec.args) or ()
         inner = spec.port
-        ports = (PublishedPort("127.0.0.1", spec.port or 0, inner or 0),) if spec.port else ()
+        ports = (PublishedPort(bind_address(host), spec.port or 0, inner or 0),) if spec.port else ()
         return Workload(f"native:{argv[0] if argv else ''}", argv, ports, spec.health.path, None, runtime="process")
     inner = spec.container_port or spec.port
     ports = (PublishedPort("", spec.port or 0, inner),) if inner else ()
@@ -88,7 +95,7 @@ def _engine(res: Resource, model: Any, host: Any, gpu_ids: tuple[str, ...] = ())
 
     def rendered(port: int | None) -> Any:
         try:
-            return render(engine, spec, model, facts, spec.runtime, port=port)
+            return render(engine, spec, model, facts, spec.runtime, port=port, bind=bind_address(host))
         except ValueError as exc:
             raise Unsupported(str(exc)) from None
 
@@ -96,7 +103,7 @@ def _engine(res: Resource, model: Any, host: Any, gpu_ids: tuple[str, ...] = ())
     warmup = first.warmup if spec.health.warmup else None
     health = spec.health.path or first.health_path
     if spec.runtime == "process":
-        native: tuple[PublishedPort, ...] = (PublishedPort("127.0.0.1", spec.port or 0, 0),)
+        native: tuple[PublishedPort, ...] = (PublishedPort(bind_address(host), spec.port or 0, 0),)
         return Workload(f"native:{first.argv[0]}", tuple(first.argv), native, health, None, "process",
                         dict(first.env), (), (), warmup, lambda port: tuple(rendered(port).argv), pull=first.pull)
     inner = spec.container_port or first.container_port
@@ -111,5 +118,5 @@ def render_workload(res: Resource, models: Mapping[str, Any], host: Any, gpu_ids
     if res.kind == "App":
         return _app(res)
     if res.spec.engine == "custom":
-        return _custom(res)
+        return _custom(res, host)
     return _engine(res, models.get(res.spec.model), host, gpu_ids)
