@@ -114,9 +114,16 @@ class SshConnector:
         import sys
 
         # paramiko imports `invoke` (0.2-0.5 s: unittest.mock and more) only to run `Match exec` lines of an
-        # ssh_config, which aimactl never reads: keep it out of every command that reaches an SSH host.
-        sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
-        import paramiko
+        # ssh_config, which aimactl never reads: keep it out of every command that reaches an SSH host. The
+        # blocker is only in place while paramiko is first imported, so later imports of invoke still work.
+        blocked = "invoke" not in sys.modules and "paramiko" not in sys.modules
+        if blocked:
+            sys.modules["invoke"] = None  # type: ignore[assignment]
+        try:
+            import paramiko
+        finally:
+            if blocked:
+                sys.modules.pop("invoke", None)
 
         # Failures are reported as one line each; paramiko's own log would add tracebacks on stderr.
         logging.getLogger("paramiko").addHandler(logging.NullHandler())
