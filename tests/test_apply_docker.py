@@ -346,3 +346,32 @@ def test_get_describe_logs_history_and_rollback(stack: Stack) -> None:
     assert "VERSION=1" in container.attrs["Config"]["Env"]  # type: ignore[attr-defined]
     newest = json.loads(stack.run("history", "-o", "json").stdout)[0]
     assert newest["kind"] == "rollback" and newest["source"] == f"revision {revisions[-1]['id']}"
+
+
+def test_a_container_recreated_by_hand_without_labels_is_taken_back(stack: Stack) -> None:
+    port = free_port()
+    stack.write(app("web", port))
+    assert stack.run("apply", "-f", str(stack.dir), "--auto-approve").returncode == 0
+    [ours] = stack.containers()
+    name = ours.name  # type: ignore[attr-defined]
+    client = stack.engine.client()  # type: ignore[attr-defined]
+    try:
+        ours.remove(force=True)  # type: ignore[attr-defined]
+        # `docker run --name <aimactl's name>` by hand, other settings, no aimactl labels.
+        by_hand = client.containers.run(BUSY, ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /etc & wait"],
+                                        name=name, detach=True, environment={"MODE": "by-hand"},
+                                        ports={"8080/tcp": ("127.0.0.1", port)})
+        planned = stack.run("plan", "-f", str(stack.dir))
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        assert f"container {name} on local was recreated without aimactl's labels" in planned.stdout
+        assert "held by" not in planned.stdout
+        applied = stack.run("apply", "-f", str(stack.dir), "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        [now] = stack.containers()
+        assert now.name == name and now.id != by_hand.id  # type: ignore[attr-defined]
+        assert "MODE=by-hand" not in (now.attrs["Config"]["Env"] or [])  # type: ignore[attr-defined]
+        assert stack.run("plan", "-f", str(stack.dir), "--detailed-exitcode").returncode == 0
+    finally:
+        for leftover in client.containers.list(all=True, filters={"name": name}):
+            leftover.remove(force=True)
+        client.close()

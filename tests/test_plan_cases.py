@@ -397,6 +397,7 @@ def applied(observed: Observed, result: Plan) -> Observed:
             continue
         if change.action in (DELETE, REPLACE):
             host.containers = [c for c in host.containers if c.id != change.container_id]
+            host.others = [c for c in host.others if c.id != change.container_id]
         if change.action in (CREATE, REPLACE):
             assert change.desired is not None
             host.containers.append(as_running(change.desired, f"id-applied-{n}"))

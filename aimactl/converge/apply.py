@@ -177,7 +177,8 @@ class Executor:
         assert want is not None
         current = self._current(runtime, want.container.name)
         if current is not None:
-            if not current.managed or current.stack != self.stack:
+            # Only a container the plan itself named (one recreated by hand without labels) is taken back.
+            if (not current.managed or current.stack != self.stack) and current.id != change.container_id:
                 raise StepFailed(f"a container named {current.name} exists and is not managed by stack {self.stack}")
             if current.spec_hash == want.spec_hash and current.running and current.id != change.container_id:
                 return UNCHANGED, "already converged by another run"

@@ -164,6 +164,22 @@ def decide(want: DesiredContainer, seen: ObservedContainer | None, forced: bool)
     return change
 
 
+def _take_back_name(change: Change, host: ObservedHost) -> Change:
+    """A missing replica whose container name is held by a container without any aimactl label was recreated by
+    hand (`docker run --name aima-...`): replace that container, as a drifted one. Names are aimactl's
+    (`aima-<stack>-<name>-<replica>`); a container of another stack, which carries labels, is never taken."""
+    want = change.desired
+    if want is None or change.runtime != "docker":
+        return change
+    holder = next((c for c in host.others if c.name == want.container.name and L.MANAGED not in c.labels), None)
+    if holder is None:
+        return change
+    change.action, change.container_id = REPLACE, holder.id
+    change.reason = (f"container {holder.name} on {change.host} was recreated without aimactl's labels "
+                     "(by hand?): replaced with the manifest's")
+    return change
+
+
 def _delete(host: str, seen: ObservedContainer, reason: str) -> Change:
     kind, name = seen.resource_kind or "container", seen.resource_name or seen.name
     return Change(address(kind, name, seen.replica, host), f"{kind}/{name}", kind, name, seen.replica, host, DELETE,
@@ -200,11 +216,15 @@ def _orphans(hosts: dict[str, ObservedHost], wanted: set[tuple[str, str, int]], 
     return changes
 
 
-def _holders(host: ObservedHost) -> dict[tuple[int, str], str]:
-    """Who holds each host port besides this stack: other containers by name, then bare listeners."""
+def _holders(host: ObservedHost, taken_back: set[str]) -> dict[tuple[int, str], str]:
+    """Who holds each host port besides this stack: other containers by name, then bare listeners. Containers
+    the plan takes back (`taken_back` ids) free their ports, as this stack's own do."""
     held: dict[tuple[int, str], str] = {}
     own = {(p.host_port, p.protocol) for c in host.containers for p in c.ports}
+    own |= {(p.host_port, p.protocol) for c in host.others if c.id in taken_back for p in c.ports}
     for other in host.others:
+        if other.id in taken_back:
+            continue
         for p in other.ports:
             held[(p.host_port, p.protocol)] = f"container {other.name!r}, which this stack does not manage"
     for listener in host.listeners:
@@ -217,7 +237,9 @@ def _holders(host: ObservedHost) -> dict[tuple[int, str], str]:
 def feasibility(changes: Iterable[Change], observed: Observed) -> list[Check]:
     """Errors found before anything changes: ports held by others, images missing on the host."""
     checks = []
-    holders = {name: _holders(host) for name, host in observed.hosts.items()}
+    changes = list(changes)
+    taken_back = {c.container_id for c in changes if c.action == REPLACE and c.container_id}
+    holders = {name: _holders(host, taken_back) for name, host in observed.hosts.items()}
     for change in changes:
         want = change.desired
         if change.action not in (CREATE, REPLACE) or want is None:
@@ -284,7 +306,8 @@ def plan(desired: Desired, observed: Observed, options: PlanOptions = PlanOption
             continue
         seen = next((c for c in (host.containers if host else []) if c.resource_kind == want.kind
                      and c.resource_name == want.name and c.replica == want.replica), None)
-        changes.append(decide(want, seen, _matches(want, options.replace)))
+        change = decide(want, seen, _matches(want, options.replace))
+        changes.append(_take_back_name(change, host) if seen is None and host is not None else change)
     idents = {(w.host, w.key, w.replica) for w in wanted}
     replicas: dict[tuple[str, str], int] = {}
     for w in wanted:
