@@ -128,14 +128,10 @@ class HostLocks:
 
 
 def _alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process with this pid runs on this machine (the state store's test: zombies are dead)."""
+    from aimactl.store.db import pid_alive
+
+    return pid_alive(pid)
 
 
 @contextmanager
