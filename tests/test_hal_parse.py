@@ -139,6 +139,7 @@ def test_fake_selected_per_host() -> None:
 def test_local_facts_are_real_and_the_fake_replaces_only_the_gpus(tmp_path: Path) -> None:
     real = collect_facts("local", str(tmp_path), {})
     assert real.cpu_count == os.cpu_count() and real.mem_total and real.disk_free and real.disk_path == str(tmp_path)
+    assert real.load_1m is not None and real.load_1m >= 0
     faked = collect_facts("local", str(tmp_path), {FAKE_ENV: str(DATA / "rtx4090.json")})
     assert [g.name for g in faked.gpus] == ["NVIDIA GeForce RTX 4090"] * 2 and faked.cpu_count == os.cpu_count()
     assert faked.source == "fake:rtx4090.json"

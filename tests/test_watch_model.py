@@ -170,7 +170,7 @@ def captured_facts(name: str) -> object:
     source = fake_source({FAKE_ENV: str(GPU_DATA / name)}, "local")
     assert source is not None
     raw = source.gpus()
-    probe = {"cpu_count": 16, "mem_total": raw.get("mem_total", 256 * 2**30),
+    probe = {"cpu_count": 16, "load_1m": 12.0, "mem_total": raw.get("mem_total", 256 * 2**30),
              "mem_available": raw.get("mem_available", 200 * 2**30), "disk": None}
     return facts_from_probe(probe, raw, f"fake:{name}")
 
@@ -189,8 +189,8 @@ def test_gpu_rows_from_captured_h100_and_gb10() -> None:
         ("dgx", 1, "NVIDIA H100 80GB HBM3", 4.0, 76325847040, 85520809984, 32.0, 140.0, 700.0),
         # Unified memory: the GB10 has none of its own; usable is RAM minus the 16 GiB OS reserve, no power limit.
         ("spark", 0, "NVIDIA GB10", 0.0, 0, 128501256192 - 16 * 2**30, 36.0, 3.0, None)]
-    assert [(h.name, h.cpu_count, h.mem_total, h.mem_used) for h in frame.hosts] == [
-        ("dgx", 16, 256 * 2**30, 56 * 2**30), ("spark", 16, 128501256192, 128501256192 - 121590935552)]
+    assert [(h.name, h.cpu_count, h.load, h.mem_total, h.mem_used) for h in frame.hosts] == [
+        ("dgx", 16, 12.0, 256 * 2**30, 56 * 2**30), ("spark", 16, 12.0, 128501256192, 128501256192 - 121590935552)]
 
 
 @pytest.mark.parametrize("width", [80, 200])
@@ -202,6 +202,8 @@ def test_gpu_section_renders_bars_at_both_widths(width: int) -> None:
     assert "████" in h100  # memory 89% full: the bar is mostly filled
     [gb10] = [line for line in text.splitlines() if "GB10" in line]
     assert "103.7G" in gb10 and "36°C" in gb10 and "3W" in gb10
+    [dgx] = [line for line in text.splitlines() if line.startswith("dgx") and "cores" in line]
+    assert "12.0/16 cores" in dgx  # the CPU load as a bar beside the core count
 
 
 def test_models_of_other_stacks_are_not_shown_given_manifests() -> None:

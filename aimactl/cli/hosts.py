@@ -69,7 +69,8 @@ def hosts_command(common: Common, output: str) -> None:
             continue
         ram = f"{_size(facts.mem_available)} / {_size(facts.mem_total)}"
         count = str(len(facts.gpus)) + (" (unified memory)" if facts.unified else "")
-        hosts.add_row(*(escape(str(x)) for x in (name, facts.cpu_count or "-", ram, _size(facts.disk_free), count,
+        cpus = f"{facts.cpu_count or '-'}" + (f" (load {facts.load_1m:.1f})" if facts.load_1m is not None else "")
+        hosts.add_row(*(escape(str(x)) for x in (name, cpus, ram, _size(facts.disk_free), count,
                                                  facts.driver_version or "-", facts.cuda_version or "-",
                                                  facts.source)))
         for gpu in facts.gpus:

@@ -54,6 +54,8 @@ class HostFacts:
     """Everything aimactl knows about a host's hardware at one observation."""
 
     cpu_count: int | None = None
+    load_1m: float | None = None
+    """1-minute load average: with `cpu_count`, how busy the CPUs are (a load of 2.0 on 2 CPUs is full)."""
     mem_total: int | None = None
     mem_available: int | None = None
     disk_path: str | None = None

@@ -929,9 +929,18 @@ def disk_facts(data_dir: str | None) -> dict | None:
     return {"path": data_dir, "exists": existing == data_dir, "total": usage.total, "free": usage.free}
 
 
+def load_1m():
+    """The 1-minute load average (runnable processes), or None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def verb_probe(params: dict) -> dict:
     facts = {"hostname": socket.gethostname(), "python": platform.python_version(), "arch": platform.machine(),
-             "kernel": platform.release(), "cpu_count": os.cpu_count(), "helper_version": HELPER_VERSION,
+             "kernel": platform.release(), "cpu_count": os.cpu_count(), "load_1m": load_1m(),
+             "helper_version": HELPER_VERSION,
              "disk": disk_facts(abs_path(params, "data_dir", None)), "gpus": probe_gpus()}
     facts.update(meminfo())
     return facts

@@ -68,9 +68,9 @@ def facts_from_probe(result: Mapping[str, Any], gpus: Mapping[str, Any] | None =
     disk = result.get("disk") or {}
     if source_label and gpu["source"] != "none":
         gpu["source"] = source_label
-    return HostFacts(cpu_count=result.get("cpu_count"), mem_total=result.get("mem_total"),
-                     mem_available=result.get("mem_available"), disk_path=disk.get("path"),
-                     disk_total=disk.get("total"), disk_free=disk.get("free"), **gpu)
+    return HostFacts(cpu_count=result.get("cpu_count"), load_1m=result.get("load_1m"),
+                     mem_total=result.get("mem_total"), mem_available=result.get("mem_available"),
+                     disk_path=disk.get("path"), disk_total=disk.get("total"), disk_free=disk.get("free"), **gpu)
 
 
 def local_probe(data_dir: str) -> dict[str, Any]:

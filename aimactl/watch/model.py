@@ -30,6 +30,8 @@ class HostRow:
     """reachable | unreachable | no docker"""
     detail: str = ""
     cpu_count: int | None = None
+    load: float | None = None
+    """1-minute load average (busy CPUs)."""
     mem_used: int | None = None
     mem_total: int | None = None
 
@@ -129,7 +131,7 @@ def host_row(host: ObservedHost) -> HostRow:
         return HostRow(host.name, True, status, detail or "")
     total, available = facts.mem_total, facts.mem_available
     used = total - available if total is not None and available is not None else None
-    return HostRow(host.name, True, status, detail or "", facts.cpu_count, used, total)
+    return HostRow(host.name, True, status, detail or "", facts.cpu_count, facts.load_1m, used, total)
 
 
 def gpu_rows(host: ObservedHost) -> list[GpuRow]:

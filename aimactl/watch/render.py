@@ -82,9 +82,10 @@ def hosts_table(rows: list[HostRow], wide: bool = True) -> Any:
         if h.detail:
             status.append(f": {h.detail}", "dim")
         cores = f"{h.cpu_count} cores" if h.cpu_count else "-"
+        cpu = _gauge(_ratio(h.load, h.cpu_count), f"{h.load:.1f}/{cores}", n) if h.load is not None else cell(cores)
         ram = _ratio(h.mem_used, h.mem_total)
         ram_label = "-" if h.mem_total is None else f"{size(h.mem_used)}/{size(h.mem_total)}"
-        table.add_row(cell(h.name), status, cell(cores), _gauge(ram, ram_label, n))
+        table.add_row(cell(h.name), status, cpu, _gauge(ram, ram_label, n))
     return table
 
 
