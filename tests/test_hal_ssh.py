@@ -68,3 +68,30 @@ def test_plan_places_across_ssh_hosts_by_gpu_memory(ssh_hosts: SshHosts, tmp_pat
     by_host = {row["host"]: row["facts"] for row in json.loads(hosts.stdout)}
     assert by_host[names[1]]["gpus"][0]["usable_memory"] == 128501256192 - 16 * GIB
     assert by_host[names[0]]["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_a_native_engine_on_an_ssh_host_uses_what_that_host_has(ssh_hosts: SshHosts, tmp_path: Path) -> None:
+    """The host's probe says which engine programs and Python modules it has: with llama-cpp-python in the Host's
+    `python` and no `llama-server` there, llama.cpp runs as `python -m llama_cpp.server`, on every interface."""
+    import shutil
+
+    host = ssh_hosts.by_name("edge-1")
+    assert shutil.which("llama-server") is None, "this test expects a machine without llama-server"
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(
+        f"apiVersion: aima.dev/v1\nkind: Host\nmetadata: {{name: {host.name}}}\n"
+        f"spec: {{address: 'ssh://{host.user}@{host.address}:{host.port}', dataDir: '{tmp_path}/data', "
+        f"python: '{sys.executable}', identityFile: '{ssh_hosts.client_key_path}', "
+        f"knownHosts: '{ssh_hosts.known_hosts_path}'}}\n---\n"
+        "apiVersion: aima.dev/v1\nkind: Model\nmetadata: {name: tiny}\n"
+        "spec: {source: 'https://models.example.com/tiny.gguf'}\n---\n"
+        "apiVersion: aima.dev/v1\nkind: Service\nmetadata: {name: chat}\n"
+        f"spec: {{engine: llamacpp, model: tiny, runtime: process, host: {host.name}, port: 9301}}\n")
+    environ = {**os.environ, "AIMACTL_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1"}
+    done = subprocess.run([sys.executable, "-m", "aimactl", "plan", "-f", str(manifest), "-o", "json"],
+                          capture_output=True, text=True, env=environ, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [chat] = [c for c in json.loads(done.stdout)["changes"] if c["address"].startswith("service.chat")]
+    command = chat["desired"]["container"]["command"]
+    assert command[:3] == [sys.executable, "-m", "llama_cpp.server"], command
+    assert command[command.index("--host") + 1] == "0.0.0.0"

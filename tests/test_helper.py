@@ -452,3 +452,17 @@ def test_the_helper_is_stdlib_only_and_parses_as_python_3_8() -> None:
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= sys.stdlib_module_names
     assert "shell=True" not in HELPER.read_text() and "os.system" not in HELPER.read_text()
+
+
+def test_probe_says_which_engine_programs_and_modules_the_host_has(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llama-server").write_text("#!/bin/sh\n")
+    (bin_dir / "llama-server").chmod(0o755)
+    asked = {"data_dir": str(tmp_path), "engine_programs": ["llama-server", "vllm-not-here"],
+             "engine_modules": ["json", "no_such_engine_module"]}
+    engines = helper("probe", asked, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}).result["engines"]
+    assert engines == {"programs": ["llama-server"], "modules": ["json"]}
+    # Names are data, never a shell word or a path: anything else is refused.
+    refused = helper("probe", {"data_dir": str(tmp_path), "engine_programs": ["; touch /tmp/pwned"]})
+    assert refused.error["code"] == "invalid-input"

@@ -292,7 +292,8 @@ def _remote_batch(connections: Connections, host: str) -> tuple[dict[str, Any], 
 
     info = connections.hosts[host]
     process = connections.runtime(host, "process")
-    calls = [{"verb": "probe", "params": {"data_dir": info.data_dir}},
+    calls = [{"verb": "probe", "params": {"data_dir": info.data_dir, "engine_programs": list(ENGINE_PROGRAMS),
+                                          "engine_modules": list(ENGINE_MODULES)}},
              {"verb": "proc", "params": process.list_params()}]  # type: ignore[attr-defined]
     try:
         answer = call_helper(connections.connector(host), info.python, connections.helper_path(host), "batch",
@@ -301,6 +302,16 @@ def _remote_batch(connections: Connections, host: str) -> tuple[dict[str, Any], 
         raise RuntimeFailure(exc.message) from None
     probe, listed = answer["results"]
     return probe, listed
+
+
+def _learn_engines(connections: Connections, host: str, probe: dict[str, Any]) -> None:
+    """Record which native engines an SSH host can run (from its probe), as resolve_hosts does for the local one,
+    so that the plan picks a native command the host has (llama-server, else python -m llama_cpp.server)."""
+    engines = (probe.get("result") or {}).get("engines") if probe.get("ok") else None
+    if isinstance(engines, dict):
+        connections.hosts[host] = dataclasses.replace(
+            connections.hosts[host], executables=frozenset(engines.get("programs") or ()),
+            python_modules=frozenset(engines.get("modules") or ()))
 
 
 def _answer(outcome: dict[str, Any]) -> Any:
@@ -339,6 +350,7 @@ def observe_host(connections: Connections, stack: str, host: str, images: Iterab
                 except HelperError as exc:
                     raise RuntimeFailure(exc.message) from None
                 seen.facts, seen.facts_error = observe_facts(connections, host, lambda: _answer(probe))
+                _learn_engines(connections, host, probe)
             # A local host that never ran a process has no state dir: no need to start the helper to learn that.
             elif os.path.isdir(os.path.join(info.data_dir, "proc")):
                 seen.containers, _ = connections.runtime(host, "process").observe(stack)

@@ -937,12 +937,35 @@ def load_1m():
         return None
 
 
+ENGINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def engine_facts(programs: list, modules: list) -> dict:
+    """Which engine programs are on PATH and which Python modules this interpreter (the Host's `python`, the one
+    a native engine would run with) can import: the controller picks each engine's native command from them."""
+    import importlib.util
+
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+
+    names = [str(n) for n in list(programs) + list(modules)]
+    if not all(ENGINE_NAME.match(n) for n in names):
+        raise HelperError("invalid-input", "engine program and module names are plain names")
+    return {"programs": [p for p in programs if shutil.which(p)],
+            "modules": [m for m in modules if "." not in m and importable(m)]}
+
+
 def verb_probe(params: dict) -> dict:
     facts = {"hostname": socket.gethostname(), "python": platform.python_version(), "arch": platform.machine(),
              "kernel": platform.release(), "cpu_count": os.cpu_count(), "load_1m": load_1m(),
              "helper_version": HELPER_VERSION,
              "disk": disk_facts(abs_path(params, "data_dir", None)), "gpus": probe_gpus()}
     facts.update(meminfo())
+    if "engine_programs" in params or "engine_modules" in params:
+        facts["engines"] = engine_facts(params.get("engine_programs") or [], params.get("engine_modules") or [])
     return facts
 
 
