@@ -227,3 +227,27 @@ def test_host_keys_through_the_cli(ssh_hosts: SshHosts, docker_engine: object, t
     out = changed.stdout + changed.stderr
     assert changed.returncode == 1 and "CHANGED" in out and "edge-1" in out and "Traceback" not in out
     assert known.read_text() == impostor
+
+
+def test_destroy_without_manifests_reaches_the_hosts_the_stack_was_applied_to(
+        ssh_hosts: SshHosts, docker_engine: object, tmp_path: Path, model_server: ModelServer) -> None:
+    fleet = Fleet(ssh_hosts, docker_engine, tmp_path)
+    web_port, api_port = free_port(), free_port()
+    manifest = fleet.write(_workloads(web_port, api_port, f"{model_server.url}/tiny.gguf"))
+    try:
+        applied = fleet.run("apply", "-f", str(manifest), "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        manifest.unlink()  # as Terraform destroys from its state: the stack's last revision names its hosts
+        destroyed = fleet.run("destroy", "--auto-approve")
+        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        assert "hosts from revision 1: edge-1, edge-2" in destroyed.stderr
+        assert http_get(f"http://127.0.0.2:{web_port}/passwd") is None  # the container on edge-1
+        assert http_get(f"http://127.0.0.3:{api_port}/hostname") is None  # the process on edge-2
+        client = docker_engine.client()  # type: ignore[attr-defined]
+        try:
+            assert client.containers.list(all=True, filters={"label": f"dev.aima.stack={fleet.stack}"}) == []
+        finally:
+            client.close()
+    finally:
+        if manifest.exists():
+            fleet.run("destroy", "-f", str(manifest), "--auto-approve")

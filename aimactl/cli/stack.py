@@ -247,9 +247,15 @@ def apply_command(common: Common, plan_file: Path | None, auto_approve: bool, lo
 
 
 def destroy_command(common: Common, auto_approve: bool, lock_timeout: float) -> None:
-    """Delete every container of the stack (dependents first when manifests are given)."""
-    from aimactl.manifest import Manifests
+    """Delete every container of the stack (dependents first when manifests are given); without `-f` on the hosts
+    of the stack's last recorded revision."""
+    if common.files:
+        manifests = load_or_exit(common)
+    else:
+        from aimactl.converge.session import recorded_hosts
 
-    manifests = load_or_exit(common) if common.files else Manifests()
+        manifests, where = recorded_hosts(check_stack(common.stack), os.environ, common.var, common.var_file,
+                                          dict(os.environ) if common.allow_env else None)
+        console(stderr=True).print(f"Destroying stack {common.stack}: {where}.", markup=False)
     converge_locked(check_stack(common.stack), "destroy", lock_timeout, common.parallelism,
                     lambda: make_session(common, manifests, destroy=True), auto_approve, "destroy these resources")

@@ -193,3 +193,31 @@ def stack_lock(stack: str, operation: str, wait: float, environ: Mapping[str, st
     finally:
         store.close()
 
+
+
+def recorded_hosts(stack: str, environ: Mapping[str, str], var_args: Sequence[str] = (),
+                   var_files: Sequence[str] = (), template_env: Mapping[str, str] | None = None,
+                   ) -> tuple[Manifests, str]:
+    """The Hosts of the stack's newest revision that recorded manifests, for `destroy` without `-f`.
+
+    As Terraform destroys from its state, this lets a bare `aimactl destroy` reach every host the stack was
+    applied to (SSH hosts included), not only the local one. Returns the Hosts (empty: the local host) and a line
+    saying where they came from.
+    """
+    from aimactl.manifest import load_manifest_texts
+    from aimactl.store import open_store
+
+    store = open_store(environ=environ)
+    try:
+        found = next((r for r in store.revisions(stack, limit=50) if r.get("manifests")), None)
+    finally:
+        store.close()
+    if found is None:
+        return Manifests(), f"no revision of stack {stack} recorded manifests: the local host only"
+    loaded = load_manifest_texts(found["manifests"], var_args, var_files, template_env)
+    if not loaded.valid:
+        return Manifests(), (f"the manifests of revision {found['id']} do not load ({loaded.errors[0]}): the local "
+                             "host only; pass -f to name the hosts")
+    hosts = [r for r in loaded.resources if r.kind == "Host"]
+    names = ", ".join(r.name for r in hosts) or "local"
+    return Manifests(resources=hosts), f"hosts from revision {found['id']}: {names}"
