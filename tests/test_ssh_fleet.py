@@ -41,8 +41,8 @@ class Fleet:
         self.fleet, self.engine, self.tmp = fleet, engine, tmp
         self.stack = "s" + uuid.uuid4().hex[:8]
         self.data = {h.name: tmp / h.name for h in fleet.hosts}
-        # edge-1 uses the private engine; edge-2 has none (one engine shared by two hosts would show each host
-        # the other's containers), so its Service runs as a process.
+        # edge-1 uses the private engine; edge-2 has none, so its Service runs as a process (two Hosts sharing
+        # one engine: test_two_hosts_reaching_one_docker_engine_keep_to_their_own_containers).
         docker = {"edge-1": engine.socket_path, "edge-2": str(tmp / "no-docker.sock")}  # type: ignore[attr-defined]
         self.hosts = "---\n".join(_host_doc(fleet, h, self.data[h.name], docker[h.name], known_hosts)
                                   for h in fleet.hosts)
@@ -251,3 +251,32 @@ def test_destroy_without_manifests_reaches_the_hosts_the_stack_was_applied_to(
     finally:
         if manifest.exists():
             fleet.run("destroy", "-f", str(manifest), "--auto-approve")
+
+
+def test_two_hosts_reaching_one_docker_engine_keep_to_their_own_containers(
+        ssh_hosts: SshHosts, docker_engine: object, tmp_path: Path) -> None:
+    """Two Hosts (two names for one machine) share one engine: each keeps to the containers labelled for it, so
+    neither plans to delete the other's as "moved"."""
+    fleet = Fleet(ssh_hosts, docker_engine, tmp_path)
+    socket_path = docker_engine.socket_path  # type: ignore[attr-defined]
+    hosts = "---\n".join(_host_doc(ssh_hosts, h, tmp_path / h.name, socket_path) for h in ssh_hosts.hosts)
+    ports = {"edge-1": free_port(), "edge-2": free_port()}
+    apps = "---\n".join(
+        f"apiVersion: aima.dev/v1\nkind: App\nmetadata: {{name: web-{n[-1]}}}\nspec:\n  host: {n}\n"
+        f"  image: {BUSY}\n  command: {HTTPD}\n  ports: ['{p}:8080']\n" for n, p in ports.items())
+    fleet.manifest.write_text(hosts + "---\n" + apps)
+    manifest = str(fleet.manifest)
+    try:
+        applied = fleet.run("apply", "-f", manifest, "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        planned = fleet.run("plan", "-f", manifest, "--detailed-exitcode")
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        client = docker_engine.client()  # type: ignore[attr-defined]
+        try:
+            found = {c.name: c.labels.get("dev.aima.host")
+                     for c in client.containers.list(filters={"label": f"dev.aima.stack={fleet.stack}"})}
+        finally:
+            client.close()
+        assert found == {f"aima-{fleet.stack}-web-1-0": "edge-1", f"aima-{fleet.stack}-web-2-0": "edge-2"}
+    finally:
+        fleet.run("destroy", "-f", manifest, "--auto-approve")

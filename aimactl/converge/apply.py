@@ -18,6 +18,7 @@ from aimactl.converge.observe import Connections
 from aimactl.converge.readiness import NotReady, wait_ready
 from aimactl.converge.secrets import SecretUnavailable, resolve_env
 from aimactl.core import fleet
+from aimactl.core import labels as L
 from aimactl.core.graph import waves
 from aimactl.core.observed import ObservedContainer
 from aimactl.core.plan import CREATE, DELETE, REPLACE, UPDATE, Change, Plan
@@ -180,6 +181,10 @@ class Executor:
             # Only a container the plan itself named (one recreated by hand without labels) is taken back.
             if (not current.managed or current.stack != self.stack) and current.id != change.container_id:
                 raise StepFailed(f"a container named {current.name} exists and is not managed by stack {self.stack}")
+            owner = current.labels.get(L.HOST, change.host)
+            if owner != change.host:
+                raise StepFailed(f"a container named {current.name} exists for host {owner} (the same Docker engine "
+                                 f"is reached as {owner} and {change.host}): remove it there first")
             if current.spec_hash == want.spec_hash and current.running and current.id != change.container_id:
                 return UNCHANGED, "already converged by another run"
             with self.slots:

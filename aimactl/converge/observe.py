@@ -279,7 +279,7 @@ def _observe_docker(connections: Connections, host: str, stack: str,
     """(this stack's containers, the others, image ids, why the engine cannot be used or None)."""
     try:
         docker = connections.runtime(host, "docker")
-        managed, others = docker.observe(stack)
+        managed, others = docker.observe(stack, host)
         return managed, others, docker.image_ids(images), None
     except RuntimeFailure as exc:
         return [], [], {}, connections.docker_problem(host, exc)

@@ -411,7 +411,7 @@ def build_desired(stack: str, resources: Sequence[Resource], observed: Observed,
                 image_ids.get(item.host, {}).get(normalise_image(container.image))
             normalised = normalise(container, image_id, secret_digests)
             digest = spec_hash(normalised)
-            identity = L.identity_labels(stack, kind, name, replica, digest, normalised, runtime)
+            identity = L.identity_labels(stack, kind, name, replica, digest, normalised, runtime, item.host)
             container = ContainerSpec(**{**container.__dict__, "labels": {**container.labels, **identity}})
             desired.containers.append(DesiredContainer(
                 where, item.res.key, kind, name, replica, item.host, container, normalised, digest,

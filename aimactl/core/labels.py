@@ -15,6 +15,9 @@ REPLICA = PREFIX + "replica"
 SPEC_HASH = PREFIX + "spec-hash"
 SPEC = PREFIX + "spec"
 RUNTIME = PREFIX + "runtime"
+HOST = PREFIX + "host"
+"""The Host (manifest name) a container was created for: two Hosts that reach one Docker engine (two names for
+one machine) must not take each other's containers for their own."""
 
 
 def container_name(stack: str, name: str, replica: int) -> str:
@@ -23,9 +26,9 @@ def container_name(stack: str, name: str, replica: int) -> str:
 
 
 def identity_labels(stack: str, kind: str, name: str, replica: int, spec_hash: str,
-                    spec: Mapping[str, Any], runtime: str = "docker") -> dict[str, str]:
+                    spec: Mapping[str, Any], runtime: str = "docker", host: str | None = None) -> dict[str, str]:
     """Labels written on every managed container; `spec` must already have its secrets hashed."""
-    return {
+    return {**({HOST: host} if host else {}),
         MANAGED: "true",
         STACK: stack,
         KIND: kind.lower(),

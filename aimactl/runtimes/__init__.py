@@ -40,8 +40,9 @@ class ContainerNotFound(EngineError):
 class Runtime(Protocol):
     """One container engine on one host: observe what runs there and change it, one container at a time."""
 
-    def observe(self, stack: str) -> tuple[list[ObservedContainer], list[ObservedContainer]]:
-        """Return (this stack's managed containers, fully inspected; every other container, summarised)."""
+    def observe(self, stack: str, host: str | None = None) -> tuple[list[ObservedContainer], list[ObservedContainer]]:
+        """Return (this stack's managed containers, fully inspected; every other container, summarised). With
+        `host`, a container labelled for another Host (one engine reached as two Hosts) counts as another's."""
         ...
 
     def image_ids(self, refs: Iterable[str]) -> dict[str, str]:

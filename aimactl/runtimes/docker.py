@@ -48,16 +48,19 @@ class DockerRuntime:
 
     # --- observation (stdlib only) ------------------------------------------------------------------------
 
-    def observe(self, stack: str) -> tuple[list[ObservedContainer], list[ObservedContainer]]:
+    def observe(self, stack: str, host: str | None = None) -> tuple[list[ObservedContainer], list[ObservedContainer]]:
         """Return (this stack's managed containers, fully inspected; every other container, from the list).
 
-        Both lists are sorted by name. A container removed between the list and its inspection is left out.
+        Both lists are sorted by name. A container removed between the list and its inspection is left out. With
+        `host`, a container labelled for another Host is another's (a container without the label, made before
+        aimactl wrote it, counts as this host's).
         """
         mine: list[str] = []
         others: list[ObservedContainer] = []
         for item in self.reader.containers(all=True):
             labels = item.get("Labels") or {}
-            if labels.get(L.MANAGED) == "true" and labels.get(L.STACK) == stack:
+            if (labels.get(L.MANAGED) == "true" and labels.get(L.STACK) == stack
+                    and (host is None or labels.get(L.HOST, host) == host)):
                 mine.append(str(item["Id"]))
             else:
                 others.append(parse_container_summary(item))

@@ -50,8 +50,9 @@ class ProcessRuntime:
             name = payload.get("name", "")
             raise RuntimeFailure(f"process {name}: {exc.message}" if name else exc.message) from None
 
-    def observe(self, stack: str) -> tuple[list[ObservedContainer], list[ObservedContainer]]:
-        """This stack's processes (running or exited); processes never hold others' ports."""
+    def observe(self, stack: str, host: str | None = None) -> tuple[list[ObservedContainer], list[ObservedContainer]]:
+        """This stack's processes (running or exited); processes never hold others' ports. Each Host has its own
+        state dir, so `host` needs no filter here."""
         return self.stack_processes(self._proc("list"), stack), []
 
     def list_params(self) -> dict[str, Any]:
