@@ -118,6 +118,20 @@ def test_models_cached_or_not() -> None:
     assert dashboard(STACK, "now", Observed({"local": host}), plan).workloads == []
 
 
+def test_an_ollama_model_not_pulled_yet_is_not_cached() -> None:
+    want = DesiredModel("model.qwen3@local", "model/qwen3", "qwen3", "local", "ollama://qwen3:0.6b", None, "",
+                        service="service.ol[0]@local")
+    change = Change(want.address, want.key, "model", "qwen3", 0, "local", CREATE,
+                    "not pulled yet in the Ollama of service.ol[0]@local", runtime="ollama", model=want)
+    # What the plan's observation of that Ollama's /api/tags leaves in the host's models.
+    host = ObservedHost("local", models={"qwen3": {"source": "ollama://qwen3:0.6b", "present": False}})
+    [row] = dashboard(STACK, "now", Observed({"local": host}), Plan(STACK, changes=[change])).models
+    assert (row.name, row.cached, row.sync) == ("qwen3", False, OUT_OF_SYNC)
+    host.models["qwen3"]["present"] = True
+    [row] = dashboard(STACK, "now", Observed({"local": host}), Plan(STACK, changes=[change])).models
+    assert row.cached is True
+
+
 def test_events_newest_first_limited_and_on_one_line() -> None:
     events = [{"id": 3 - i, "created_at": f"2026-11-23T12:0{3 - i}:05.123+00:00", "resource": "service.chat[0]@local",
                "kind": "replaced", "message": f"exited\n({i})"} for i in range(3)]

@@ -235,7 +235,9 @@ def model_rows(observed: Observed, plan: Plan | None, stalled: Mapping[str, str]
         why = _stalled_reason(stalled, change.key, [change])
         if why is not None:
             sync, reason = STALLED, why
-        rows[(change.name, change.host)] = ModelRow(change.name, change.host, entry is not None,
+        # An Ollama model's entry says whether that Ollama has it (`present`), not that a file is cached.
+        cached = entry is not None and entry.get("present", True) is not False
+        rows[(change.name, change.host)] = ModelRow(change.name, change.host, cached,
                                                     size if isinstance(size, int) else None, sync, reason)
     # The cache is shared by every stack on a host: with manifests, only this stack's Models are its business.
     for host_name, host in observed.hosts.items() if plan is None else ():
