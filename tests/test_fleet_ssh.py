@@ -16,18 +16,28 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import free_port, http_get, wait_until
-from tests.fixtures.sshd import SshHost, SshHosts
+from tests.fixtures.sshd import SshHosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.docker]
 BUSY = "aima-test/busybox:latest"
 HTTPD = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 8080 -h /etc & wait"]'
 
 
-def host_doc(fleet: SshHosts, host: SshHost, data_dir: Path, docker: str, extra: str = "") -> str:
-    """A Host manifest reaching `host` over SSH with the fixture's key and known_hosts."""
-    return (f"apiVersion: aima.dev/v1\nkind: Host\nmetadata: {{name: {host.name}}}\nspec:\n"
-            f"  address: ssh://{host.user}@{host.address}:{host.port}\n  identityFile: {fleet.client_key_path}\n"
-            f"  knownHosts: {fleet.known_hosts_path}\n  docker: {docker}\n  dataDir: '{data_dir}'\n{extra}")
+def two_host_stack(fleet: SshHosts, docker_socket: str, tmp: Path, web_port: int, api_port: int,
+                   api: list[str]) -> str:
+    """edge-1 runs a busybox httpd Service on Docker (the private engine); edge-2 has no engine and runs `api` as a
+    process Service answering /hostname on `api_port`."""
+    edge1, edge2 = fleet.by_name("edge-1"), fleet.by_name("edge-2")
+    return "---\n".join([
+        fleet.host_manifest(edge1, tmp / "edge-1", docker_socket),
+        fleet.host_manifest(edge2, tmp / "edge-2", str(tmp / "no-docker.sock")),
+        f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  host: edge-1\n"
+        f"  engine: custom\n  image: {BUSY}\n  command: {HTTPD}\n  containerPort: 8080\n  port: {web_port}\n"
+        "  health: {path: /passwd, startupTimeout: 30s}\n",
+        f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: api}}\nspec:\n  host: edge-2\n"
+        f"  engine: custom\n  runtime: process\n  port: {api_port}\n  command: {json.dumps(api)}\n"
+        "  health: {path: /hostname, startupTimeout: 30s, interval: 1s}\n",
+    ])
 
 
 def aimactl(tmp: Path, stack: str) -> dict[str, str]:
@@ -45,7 +55,7 @@ def host_row(output: str, host: str) -> list[str]:
 
 def test_one_sshd_stopped_mid_run_leaves_the_other_converged_and_the_next_run_converges_both(
         ssh_hosts: SshHosts, docker_engine: object, tmp_path: Path) -> None:
-    edge1, edge2 = ssh_hosts.by_name("edge-1"), ssh_hosts.by_name("edge-2")
+    edge2 = ssh_hosts.by_name("edge-2")
     stack = "f" + uuid.uuid4().hex[:8]
     env = aimactl(tmp_path, stack)
     web_port, api_port = free_port(), free_port()
@@ -53,16 +63,8 @@ def test_one_sshd_stopped_mid_run_leaves_the_other_converged_and_the_next_run_co
     # Service is a process that takes a few seconds to answer, the window in which its sshd goes away.
     api = ["sh", "-c", f"sleep 4; exec python3 -m http.server {api_port} --bind 0.0.0.0 --directory /etc"]
     manifest = tmp_path / "stack.yaml"
-    manifest.write_text("---\n".join([
-        host_doc(ssh_hosts, edge1, tmp_path / "edge-1", docker_engine.socket_path),  # type: ignore[attr-defined]
-        host_doc(ssh_hosts, edge2, tmp_path / "edge-2", str(tmp_path / "no-docker.sock")),
-        f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  host: edge-1\n"
-        f"  engine: custom\n  image: {BUSY}\n  command: {HTTPD}\n  containerPort: 8080\n  port: {web_port}\n"
-        "  health: {path: /passwd, startupTimeout: 30s}\n",
-        f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: api}}\nspec:\n  host: edge-2\n"
-        f"  engine: custom\n  runtime: process\n  port: {api_port}\n  command: {json.dumps(api)}\n"
-        "  health: {path: /hostname, startupTimeout: 30s, interval: 1s}\n",
-    ]))
+    manifest.write_text(two_host_stack(ssh_hosts, docker_engine.socket_path, tmp_path,  # type: ignore[attr-defined]
+                                       web_port, api_port, api))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "aimactl", *args], capture_output=True, text=True, env=env,

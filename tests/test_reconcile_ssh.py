@@ -15,30 +15,22 @@ import pytest
 
 from tests.fixtures import free_port, http_get, wait_until
 from tests.fixtures.sshd import SshHosts
-from tests.reconcile_harness import BUSY, HTTPD, Loop
-from tests.test_fleet_ssh import aimactl, host_doc
+from tests.reconcile_harness import Loop
+from tests.test_fleet_ssh import aimactl, two_host_stack
 
 pytestmark = [pytest.mark.ssh, pytest.mark.docker]
 WEB, API = "service.web[0]@edge-1", "service.api[0]@edge-2"
 
 
 def test_ssh_host_down_and_back(ssh_hosts: SshHosts, docker_engine: object, tmp_path: Path) -> None:
-    edge1, edge2 = ssh_hosts.by_name("edge-1"), ssh_hosts.by_name("edge-2")
+    edge2 = ssh_hosts.by_name("edge-2")
     env = aimactl(tmp_path, "s" + uuid.uuid4().hex[:8])
     web_port, api_port = free_port(), free_port()
     api = ["python3", "-m", "http.server", str(api_port), "--bind", "0.0.0.0", "--directory", "/etc"]
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    (manifests / "stack.yaml").write_text("---\n".join([
-        host_doc(ssh_hosts, edge1, tmp_path / "edge-1", docker_engine.socket_path),  # type: ignore[attr-defined]
-        host_doc(ssh_hosts, edge2, tmp_path / "edge-2", str(tmp_path / "no-docker.sock")),
-        f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  host: edge-1\n"
-        f"  engine: custom\n  image: {BUSY}\n  command: {HTTPD}\n  containerPort: 8080\n  port: {web_port}\n"
-        "  health: {path: /passwd, startupTimeout: 30s}\n",
-        f"apiVersion: aima.dev/v1\nkind: Service\nmetadata: {{name: api}}\nspec:\n  host: edge-2\n"
-        f"  engine: custom\n  runtime: process\n  port: {api_port}\n  command: {json.dumps(api)}\n"
-        "  health: {path: /hostname, startupTimeout: 30s, interval: 1s}\n",
-    ]))
+    (manifests / "stack.yaml").write_text(two_host_stack(
+        ssh_hosts, docker_engine.socket_path, tmp_path, web_port, api_port, api))  # type: ignore[attr-defined]
     loop = Loop(env, "-f", str(manifests), "--interval", "1s")
     try:
         loop.wait_for(lambda r: r["result"] == "ok" and API in r["applied"] and WEB in r["applied"], 120)

@@ -27,13 +27,6 @@ HTTPD = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 8080 -h /etc & wait"]'
 WEIGHTS = b"tiny model weights " * 4096
 
 
-def _host_doc(fleet: SshHosts, host: SshHost, data_dir: Path, docker: str, known_hosts: Path | None = None) -> str:
-    known = known_hosts or fleet.known_hosts_path
-    return (f"apiVersion: aima.dev/v1\nkind: Host\nmetadata: {{name: {host.name}}}\nspec:\n"
-            f"  address: ssh://{host.user}@{host.address}:{host.port}\n  identityFile: {fleet.client_key_path}\n"
-            f"  knownHosts: {known}\n  docker: {docker}\n  dataDir: {data_dir}\n")
-
-
 class Fleet:
     """Two SSH hosts, their data dirs, an isolated state dir, and `aimactl` run as a subprocess."""
 
@@ -44,7 +37,7 @@ class Fleet:
         # edge-1 uses the private engine; edge-2 has none, so its Service runs as a process (two Hosts sharing
         # one engine: test_two_hosts_reaching_one_docker_engine_keep_to_their_own_containers).
         docker = {"edge-1": engine.socket_path, "edge-2": str(tmp / "no-docker.sock")}  # type: ignore[attr-defined]
-        self.hosts = "---\n".join(_host_doc(fleet, h, self.data[h.name], docker[h.name], known_hosts)
+        self.hosts = "---\n".join(fleet.host_manifest(h, self.data[h.name], docker[h.name], known_hosts)
                                   for h in fleet.hosts)
         self.env = {**os.environ, "AIMACTL_STATE_DIR": str(tmp / "state"), "AIMACTL_STACK": self.stack,
                     "NO_COLOR": "1", "DOCKER_HOST": f"unix://{tmp}/controller-has-no-docker.sock"}
@@ -259,7 +252,7 @@ def test_two_hosts_reaching_one_docker_engine_keep_to_their_own_containers(
     neither plans to delete the other's as "moved"."""
     fleet = Fleet(ssh_hosts, docker_engine, tmp_path)
     socket_path = docker_engine.socket_path  # type: ignore[attr-defined]
-    hosts = "---\n".join(_host_doc(ssh_hosts, h, tmp_path / h.name, socket_path) for h in ssh_hosts.hosts)
+    hosts = "---\n".join(ssh_hosts.host_manifest(h, tmp_path / h.name, socket_path) for h in ssh_hosts.hosts)
     ports = {"edge-1": free_port(), "edge-2": free_port()}
     apps = "---\n".join(
         f"apiVersion: aima.dev/v1\nkind: App\nmetadata: {{name: web-{n[-1]}}}\nspec:\n  host: {n}\n"

@@ -15,13 +15,6 @@ import pytest
 pytestmark = pytest.mark.ssh
 
 
-def host_doc(host: object, fleet: object, data_dir: str) -> str:
-    return (f"apiVersion: aima.dev/v1\nkind: Host\nmetadata: {{name: {host.name}}}\nspec:\n"  # type: ignore[attr-defined]
-            f"  address: 'ssh://{host.user}@{host.address}:{host.port}'\n"  # type: ignore[attr-defined]
-            f"  identityFile: {fleet.client_key_path}\n  knownHosts: {fleet.known_hosts_path}\n"  # type: ignore[attr-defined]
-            f"  dataDir: {data_dir}\n")
-
-
 def host_rows(text: str) -> dict[str, list[str]]:
     section = text.split("Hosts", 1)[1].split("Services and Apps", 1)[0]
     return {line.split()[0]: line.split() for line in section.splitlines()[2:] if line.strip()}
@@ -29,7 +22,7 @@ def host_rows(text: str) -> dict[str, list[str]]:
 
 def test_fleet_hosts_reachable_then_one_down_then_back(ssh_hosts: object, tmp_path: Path) -> None:
     data_dir = f"~/aimactl-watch-{uuid.uuid4().hex[:8]}/data"
-    (tmp_path / "fleet.yaml").write_text("---\n".join(host_doc(h, ssh_hosts, data_dir)
+    (tmp_path / "fleet.yaml").write_text("---\n".join(ssh_hosts.host_manifest(h, data_dir)
                                                       for h in ssh_hosts.hosts))  # type: ignore[attr-defined]
     env = {**os.environ, "AIMACTL_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1", "COLUMNS": "200"}
 
