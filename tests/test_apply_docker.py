@@ -145,6 +145,18 @@ def test_readiness_timeout_shows_last_log_lines(stack: Stack) -> None:
     assert "loading-weights-marker" in result.stdout
 
 
+def test_an_app_that_crashes_at_start_fails_the_apply_though_its_restart_policy_revives_it(stack: Stack) -> None:
+    # Without a health path an App is ready once it keeps running; `restart: always` brings a crashing command
+    # back within ~0.1 s, so "running" alone is not enough: a restart while starting is a crash.
+    stack.write("apiVersion: aima.dev/v1\nkind: App\nmetadata: {name: crashy}\nspec:\n"
+                f"  image: {BUSY}\n  command: [\"sh\", \"-c\", \"echo crash-marker; sleep 0.1; exit 3\"]\n"
+                "  restart: always\n")
+    result = stack.run("apply", "-f", str(stack.dir), "--auto-approve")
+    assert result.returncode == 1, result.stdout
+    assert "while starting" in result.stdout and "crash-marker" in result.stdout
+    assert "Apply failed" in result.stdout
+
+
 def test_port_held_by_unmanaged_container_is_reported_before_any_change(stack: Stack) -> None:
     port = free_port()
     client = stack.engine.client()  # type: ignore[attr-defined]

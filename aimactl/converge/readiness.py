@@ -62,6 +62,7 @@ def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: 
                on_healthy: Callable[[], None] | None = None) -> float:
     """Block until the replica is ready; returns seconds waited. Raises NotReady with the reason and logs.
 
+    `container_id` was just created and started: a restart count above zero means it crashed meanwhile.
     `on_healthy` runs once, when the health path first answers and before the warmup (an engine pulling the
     model the warmup needs); it raises NotReady to fail the replica.
     """
@@ -74,6 +75,11 @@ def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: 
         if not seen.running:
             code = f" with exit code {seen.exit_code}" if seen.exit_code is not None else ""
             raise NotReady(f"container {seen.state}{code} while starting" + last_logs(runtime, container_id))
+        if seen.restart_count:
+            # Running again only because its restart policy brought it back (the replica was just created):
+            # it crashed while starting, however briefly it was seen down.
+            raise NotReady(f"container exited while starting and was restarted {seen.restart_count} time(s) by "
+                           "its restart policy" + last_logs(runtime, container_id))
         now = clock()
         if readiness.path and readiness.port:
             url = f"http://{host}:{readiness.port}{readiness.path}"

@@ -215,7 +215,7 @@ class Health(Strict):
 
     path: str | None = None
     """HTTP path that answers 2xx when ready; the engine's default when absent. Apps without one are ready
-    once they keep running for a few seconds."""
+    once they keep running for half a second."""
     port: int | None = Field(default=None, ge=1, le=65535)
     """Container port to probe (when several are published); the first published port when absent."""
     startup_timeout: Duration = "20m"
@@ -310,7 +310,7 @@ class AppSpec(Placement):
     depends_on: list[Name] = Field(default_factory=list)
     """Services or Apps that must be ready before this App starts."""
     health: Health = Field(default_factory=Health)
-    """Readiness checks; without `path` the App is ready once it keeps running for a few seconds."""
+    """Readiness checks; without `path` the App is ready once it keeps running for half a second."""
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     """Docker restart policy."""
 
