@@ -8,7 +8,6 @@ Each host is observed through its runtimes; a host that cannot be reached become
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import posixpath
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aimactl.core.desired import HostInfo
 from aimactl.core.observed import Observed, ObservedHost
+from aimactl.helper import helper_location
 from aimactl.hosts.connector import Connector, HostUnreachable
 from aimactl.runtimes import Runtime, RuntimeFailure
 from aimactl.runtimes.docker import DockerRuntime
@@ -90,6 +90,8 @@ class Connections:
         self._runtimes: dict[tuple[str, str], Any] = {}
         self._connectors: dict[str, SshConnector] = {}
         self._helpers: dict[str, str] = {}
+        self._parked_helpers: dict[str, str] = {}
+        self._sockets: dict[str, bool] = {}  # whether an SSH host's Docker socket exists, told by its batch
         self._forwarders: dict[str, SocketForwarder] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.RLock] = {}
@@ -97,12 +99,25 @@ class Connections:
     def connector(self, host: str) -> Connector:
         """How the host is reached: the local connector, or the host's SSH connection (connected here, so a
         host that cannot be reached raises HostUnreachable naming it and the reason)."""
-        info = self.hosts[host]
-        if info.address == "local":
+        if self.hosts[host].address == "local":
             from aimactl.hosts.local import LocalConnector
 
             return LocalConnector()
-        helper = None
+        connector = self._ssh_connector(host)
+        info = self.hosts[host]
+        if info.data_dir.startswith("~") or info.python.startswith("~/"):
+            # One SFTP question unless the host's helper already told the home (observation's batch does).
+            self.hosts[host] = dataclasses.replace(info, data_dir=connector.expand(info.data_dir),
+                                                   python=connector.expand(info.python))
+        helper = self._parked_helpers.pop(host, None)
+        if helper and posixpath.dirname(posixpath.dirname(helper)) == self.hosts[host].data_dir:
+            self._helpers.setdefault(host, helper)  # uploaded (or found) earlier in this command
+        return connector
+
+    def _ssh_connector(self, host: str) -> SshConnector:
+        """An SSH host's connection (the one parked by this command's previous Connections, or a new one),
+        connected; `~` in the host's paths is left as it is."""
+        info = self.hosts[host]
         with self._lock:
             if host not in self._connectors:
                 from aimactl.hosts.ssh import SshConnector
@@ -111,13 +126,10 @@ class Connections:
                     parked, helper = _PARKED.pop(self._ssh_key(host), (None, None))
                 self._connectors[host] = parked or SshConnector(host, info.address, info.identity_file,
                                                                 info.known_hosts, self.accept_new_host_keys)
+                if helper:
+                    self._parked_helpers[host] = helper
             connector = self._connectors[host]
         connector.transport()
-        if info.data_dir.startswith("~") or info.python.startswith("~/"):
-            self.hosts[host] = dataclasses.replace(info, data_dir=connector.expand(info.data_dir),
-                                                   python=connector.expand(info.python))
-        if helper and posixpath.dirname(posixpath.dirname(helper)) == self.hosts[host].data_dir:
-            self._helpers[host] = helper  # uploaded (or found) earlier in this command
         return connector
 
     def _ssh_key(self, host: str) -> tuple[Any, ...]:
@@ -139,16 +151,48 @@ class Connections:
         connector = self.ssh(host)
         with self._host_lock(host):  # observation reads a host on several threads: check and upload once
             if host not in self._helpers:
-                source = helper_source().encode()
-                digest = hashlib.sha256(source).hexdigest()[:12]
-                path = posixpath.join(self.hosts[host].data_dir, "helper", f"aimahelper-{digest}.py")
+                path = helper_location(self.hosts[host].data_dir)
                 if not connector.exists(path):
                     try:
-                        connector.put(source, path, 0o644)
+                        connector.put(helper_source().encode(), path, 0o644)
                     except OSError as exc:
                         raise RuntimeFailure(str(exc)) from None
                 self._helpers[host] = path
             return self._helpers[host]
+
+    def helper_batch(self, host: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The helper's `batch` on an SSH host as ONE exec channel: run through the bootstrap, which finds the
+        helper itself (`~` resolved there), so a converged host costs no SFTP. Only a host without this helper
+        gets it uploaded (SFTP) before a second try. Paths in `calls` may keep `~`: the helper resolves them,
+        and the home it reports resolves `~` in `hosts` here. Returns the answers, one per call."""
+        from aimactl.helper import MISSING, Bootstrapped
+        from aimactl.hosts.connector import HelperError, call_helper
+
+        connector = self._ssh_connector(host)
+        if self.hosts[host].python.startswith("~/"):
+            self.connector(host)  # the interpreter is argv[0]: its `~` must be resolved before (SFTP)
+        for attempt in (1, 2):
+            info = self.hosts[host]
+            path = self._helpers.get(host) or helper_location(info.data_dir)
+            try:
+                answer = call_helper(Bootstrapped(connector), info.python, path, "batch", {"calls": calls},
+                                     timeout=60)
+                break
+            except HelperError as exc:
+                if exc.code != MISSING or attempt == 2:
+                    raise RuntimeFailure(exc.message) from None
+            self.helper_path(host)  # not there yet (first contact, new aimactl, deleted): upload, then again
+        connector.learn_home(str(answer.get("home") or ""))
+        self.connector(host)  # `~` in dataDir and python resolved from that home: no SFTP
+        with self._host_lock(host):
+            self._helpers.setdefault(host, helper_location(self.hosts[host].data_dir))  # it has just run
+        results: list[dict[str, Any]] = answer["results"]
+        return results
+
+    def learn_socket(self, host: str, exists: bool) -> None:
+        """Record whether an SSH host's Docker socket exists (from its batch): its forwarder then dials without
+        asking over SFTP first."""
+        self._sockets[host] = exists
 
     def _host_lock(self, host: str) -> threading.RLock:
         with self._lock:
@@ -175,9 +219,11 @@ class Connections:
             seen: list[bool] = []
 
             def dial() -> Any:
-                # A host without the socket is told by one SFTP stat (once), not by a shell and `dial` each time.
+                # A host without the socket is told by its observation batch (else by one SFTP stat), not by a
+                # shell and `dial` each time.
                 if not seen:
-                    if not connector.exists(remote):
+                    known = self._sockets.get(host)
+                    if not (connector.exists(remote) if known is None else known):
                         raise OSError(f"cannot connect to {remote}: No such file or directory")
                     seen.append(True)
                 return connector.exec([python, helper, "dial", remote])
@@ -285,23 +331,33 @@ def _observe_docker(connections: Connections, host: str, stack: str,
         return [], [], {}, connections.docker_problem(host, exc)
 
 
-def _remote_batch(connections: Connections, host: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """An SSH host's `probe` and `proc list` in one helper run there (one command per host, not one per verb):
-    each answer is {"ok": true, "result": ...} or {"ok": false, "error": {...}}."""
-    from aimactl.hosts.connector import HelperError, call_helper
-
+def _remote_batch(connections: Connections, host: str) -> tuple[dict[str, Any], ...]:
+    """An SSH host's observation in one helper run there (one exec, no SFTP once the helper is there): `probe`,
+    `proc list`, the model cache index and whether the Docker socket exists, each answered as
+    {"ok": true, "result": ...} or {"ok": false, "error": {...}}. Paths may keep `~`: the helper resolves them."""
     info = connections.hosts[host]
-    process = connections.runtime(host, "process")
+    socket = (info.docker or DEFAULT_ENDPOINT).removeprefix("unix://")
     calls = [{"verb": "probe", "params": {"data_dir": info.data_dir, "engine_programs": list(ENGINE_PROGRAMS),
                                           "engine_modules": list(ENGINE_MODULES)}},
-             {"verb": "proc", "params": process.list_params()}]  # type: ignore[attr-defined]
+             # ProcessRuntime.list_params, for the runtime's state dir (the runtime itself needs the helper path)
+             {"verb": "proc", "params": {"action": "list", "dir": posixpath.join(info.data_dir, "proc")}},
+             {"verb": "stat", "params": {"path": model_index_path(info), "read": True}},
+             {"verb": "stat", "params": {"path": socket}}]
+    probe, listed, index, docker = connections.helper_batch(host, calls)
+    if docker.get("ok") and "://" not in socket:
+        connections.learn_socket(host, bool(docker["result"]["exists"]))
+    return probe, listed, index
+
+
+def _model_index(connections: Connections, host: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """The model cache index from the batch's `stat` answer (read over SFTP only if the helper could not)."""
+    if not answer.get("ok"):
+        return read_model_index(connections, host)
     try:
-        answer = call_helper(connections.connector(host), info.python, connections.helper_path(host), "batch",
-                             {"calls": calls}, timeout=60)
-    except HelperError as exc:
-        raise RuntimeFailure(exc.message) from None
-    probe, listed = answer["results"]
-    return probe, listed
+        data = json.loads(answer["result"]["text"] or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _learn_engines(connections: Connections, host: str, probe: dict[str, Any]) -> None:
@@ -324,48 +380,54 @@ def _answer(outcome: dict[str, Any]) -> Any:
     raise HelperError(str(error.get("code", "error")), str(error.get("message", "unknown error")))
 
 
-def observe_host(connections: Connections, stack: str, host: str, images: Iterable[str]) -> ObservedHost:
-    """One host's observation; an unreachable host says why, a missing Docker engine only blocks Docker."""
-    seen = ObservedHost(host, address=connections.hosts[host].url_host)
-    try:
-        connections.connector(host)  # an SSH host is reached (and `~` in its dataDir resolved) before the rest
-        info = connections.hosts[host]
-    except RuntimeFailure as exc:
-        seen.reachable, seen.error = False, str(exc)
-        return seen
-    # The processes, the facts and the Docker engine each wait on the host (a helper run, a forwarded socket):
-    # read at once rather than one after the other.
+def _observe_remote(connections: Connections, stack: str, host: str, images: list[str]) -> ObservedHost:
+    """An SSH host's observation: one helper batch (processes, facts, model index, Docker socket), then its
+    Docker engine through the forwarded socket when the socket is there (the batch said whether)."""
     from aimactl.hosts.connector import HelperError
     from aimactl.runtimes.process import ProcessRuntime
 
-    remote = info.address != "local"
+    seen = ObservedHost(host, address=connections.hosts[host].url_host)
+    try:
+        probe, listed, index = _remote_batch(connections, host)
+        seen.containers = ProcessRuntime.stack_processes(_answer(listed), stack)
+    except HelperError as exc:
+        seen.reachable, seen.error = False, exc.message
+        return seen
+    except RuntimeFailure as exc:
+        seen.reachable, seen.error = False, str(exc)
+        return seen
+    seen.facts, seen.facts_error = observe_facts(connections, host, lambda: _answer(probe))
+    _learn_engines(connections, host, probe)
+    seen.models = _model_index(connections, host, index)
+    managed, seen.others, seen.image_ids, seen.docker_error = _observe_docker(connections, host, stack, images)
+    seen.containers += managed
+    return seen
+
+
+def observe_host(connections: Connections, stack: str, host: str, images: list[str]) -> ObservedHost:
+    """One host's observation; an unreachable host says why, a missing Docker engine only blocks Docker."""
+    info = connections.hosts[host]
+    if info.address != "local":
+        return _observe_remote(connections, stack, host, images)
+    seen = ObservedHost(host, address=info.url_host)
+    # The processes, the facts and the Docker engine are read at once rather than one after the other.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        facts = None if remote else pool.submit(observe_facts, connections, host)
+        facts = pool.submit(observe_facts, connections, host)
         docker = pool.submit(_observe_docker, connections, host, stack, images)
         try:
-            if remote:
-                probe, listed = _remote_batch(connections, host)
-                try:
-                    seen.containers = ProcessRuntime.stack_processes(_answer(listed), stack)
-                except HelperError as exc:
-                    raise RuntimeFailure(exc.message) from None
-                seen.facts, seen.facts_error = observe_facts(connections, host, lambda: _answer(probe))
-                _learn_engines(connections, host, probe)
-            # A local host that never ran a process has no state dir: no need to start the helper to learn that.
-            elif os.path.isdir(os.path.join(info.data_dir, "proc")):
+            # A host that never ran a process has no state dir: no need to start the helper to learn that.
+            if os.path.isdir(os.path.join(info.data_dir, "proc")):
                 seen.containers, _ = connections.runtime(host, "process").observe(stack)
             seen.models = read_model_index(connections, host)
         except RuntimeFailure as exc:
             seen.reachable, seen.error = False, str(exc)
             return seen
-        if facts is not None:
-            seen.facts, seen.facts_error = facts.result()
+        seen.facts, seen.facts_error = facts.result()
         managed, seen.others, seen.image_ids, seen.docker_error = docker.result()
     seen.containers += managed
-    if info.address == "local":
-        from aimactl.hosts.procnet import local_listeners
+    from aimactl.hosts.procnet import local_listeners
 
-        seen.listeners = local_listeners()
+    seen.listeners = local_listeners()
     return seen
 
 

@@ -4,7 +4,8 @@
 Run as ``python3 aimahelper.py VERB`` or ``python3 -c "<this source>" VERB``. The input is one JSON object on
 stdin; the output is JSON lines on stdout: zero or more ``{"event": ...}`` lines, then exactly one final line,
 ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {"code": ..., "message": ...}}``. The exit code is 0
-when ok and 1 otherwise. Verbs: fetch, verify, cache, proc, probe. Standard library only, python3 >= 3.8, never a
+when ok and 1 otherwise. Verbs: fetch, verify, cache, proc, probe, lock,
+unlock, stat, batch (and dial). Standard library only, python3 >= 3.8, never a
 shell.
 The protocol is specified in specs/helper.md of the aimactl repository.
 """
@@ -90,8 +91,18 @@ def number(params: dict, key: str, default: float) -> float:
     return value
 
 
+def home_path(path: str) -> str:
+    """`~` and `~/...` against this user's home (as the controller's SSH connector expands them); others as given.
+    The controller sends an SSH host's paths unresolved when it has not yet learned that host's home."""
+    if path == "~" or path.startswith("~/"):
+        return os.path.expanduser("~") + path[1:]
+    return path
+
+
 def abs_path(params: dict, key: str, default: object = _REQUIRED) -> str:
     value = param(params, key, (str,), default)
+    if value is not None:
+        value = home_path(value)
     if value is not None and not os.path.isabs(value):
         raise HelperError("invalid-input", f"field {key!r} must be an absolute path, got {value!r}")
     return value
@@ -1055,16 +1066,41 @@ def dial(argv: list) -> int:
             view = view[os.write(1, view):]
 
 
+def verb_stat(params: dict) -> dict:
+    """Whether a path exists and what it is, and (with `read`) a regular file's text: what the controller would
+    otherwise ask over SFTP (the model cache index, the Docker socket), answered inside one `batch`."""
+    path = abs_path(params, "path")
+    read = param(params, "read", (bool,), False)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return {"path": path, "exists": False, "type": None, "text": None}
+    kind = ("file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else
+            "socket" if stat.S_ISSOCK(mode) else "other")
+    text = None
+    if read and kind == "file":
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_TAIL_BYTES + 1)
+        except OSError as exc:
+            raise HelperError("io-error", f"cannot read {path}: {exc.strerror or exc}") from None
+        if len(data) > MAX_TAIL_BYTES:
+            raise HelperError("too-large", f"{path} is larger than {MAX_TAIL_BYTES} bytes")
+        text = data.decode("utf-8", "replace")
+    return {"path": path, "exists": True, "type": kind, "text": text}
+
+
 # -- entry point ------------------------------------------------------------------------------------------------
 
-BATCHABLE = ("probe", "proc")
+BATCHABLE = ("probe", "proc", "stat")
 
 
 def verb_batch(params: dict) -> dict:
     """Several read-only verbs in one run, so that observing a host costs one command there, not one per verb.
 
-    `calls` is a list of {"verb": "probe" | "proc", "params": {...}}; `results` answers each in order with
-    {"ok": true, "result": ...} or {"ok": false, "error": {"code", "message"}}, as a lone verb would.
+    `calls` is a list of {"verb": "probe" | "proc" | "stat", "params": {...}}; `results` answers each in order
+    with {"ok": true, "result": ...} or {"ok": false, "error": {"code", "message"}}, as a lone verb would. `home`
+    is the user's home, so that the controller resolves `~` in the host's paths without asking over SFTP.
     """
     out = []
     for call in param(params, "calls", (list,)):
@@ -1076,11 +1112,11 @@ def verb_batch(params: dict) -> dict:
             out.append({"ok": False, "error": dict(exc.details, code=exc.code, message=exc.message)})
         except Exception as exc:  # a bug in one verb must not hide the others' answers
             out.append({"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}})
-    return {"results": out}
+    return {"results": out, "home": os.path.expanduser("~")}
 
 
 VERBS = {"fetch": verb_fetch, "verify": verb_verify, "cache": verb_cache, "proc": verb_proc, "probe": verb_probe,
-         "lock": verb_lock, "unlock": verb_unlock, "batch": verb_batch}
+         "lock": verb_lock, "unlock": verb_unlock, "stat": verb_stat, "batch": verb_batch}
 
 
 def read_input() -> dict:

@@ -91,6 +91,9 @@ class SshConnector:
         self._home: str | None = None
         self._lock = threading.RLock()
         self._sftp_lock = threading.Lock()
+        # Channels opened on this connection, by kind ("exec", "sftp"): each costs the host a login-shell start
+        # (sshd runs the user's shell for every exec and subsystem), so observation keeps them to one exec.
+        self.opened = {"exec": 0, "sftp": 0}
 
     # -- the connection ---------------------------------------------------------------------------------------
 
@@ -240,6 +243,7 @@ class SshConnector:
                 channel = transport.open_session(timeout=self.connect_timeout)
                 channel.settimeout(timeout)
                 channel.exec_command(line)
+                self._count("exec")
                 return channel
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 if attempt == 2 or transport.is_active():
@@ -290,8 +294,22 @@ class SshConnector:
 
     # -- paths ------------------------------------------------------------------------------------------------
 
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.opened[kind] += 1
+
+    @property
+    def knows_home(self) -> bool:
+        """Whether the home is known already (`expand` then asks the host nothing)."""
+        return self._home is not None
+
+    def learn_home(self, home: str) -> None:
+        """Take the home directory from an answer of the host's helper, sparing the SFTP question of `home`."""
+        if self._home is None and home.startswith("/"):
+            self._home = home
+
     def home(self) -> str:
-        """The login user's home directory on the host (asked once per connection)."""
+        """The login user's home directory on the host (asked once per connection, unless already learned)."""
         if self._home is None:
             with self._sftp_lock:
                 self._home = str(self._sftp_client().normalize("."))
@@ -313,6 +331,7 @@ class SshConnector:
                 self._sftp = paramiko.SFTPClient.from_transport(transport)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise self._unreachable(f"cannot open SFTP: {exc}") from None
+            self._count("sftp")
         return self._sftp
 
     @staticmethod
