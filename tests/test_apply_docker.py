@@ -358,6 +358,9 @@ def test_get_describe_logs_history_and_rollback(stack: Stack) -> None:
     assert "VERSION=1" in container.attrs["Config"]["Env"]  # type: ignore[attr-defined]
     newest = json.loads(stack.run("history", "-o", "json").stdout)[0]
     assert newest["kind"] == "rollback" and newest["source"] == f"revision {revisions[-1]['id']}"
+    missing = stack.run("rollback", "9999", "--auto-approve")
+    assert missing.returncode == 1 and "revision 9999 not found for stack" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_a_container_recreated_by_hand_without_labels_is_taken_back(stack: Stack) -> None:

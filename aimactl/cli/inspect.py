@@ -198,21 +198,15 @@ def history_command(stack: str, output: str, limit: int) -> None:
 def rollback_command(common: Common, revision: int, auto_approve: bool, lock_timeout: float) -> None:
     """Plan and apply the manifests an earlier revision applied."""
     from aimactl.cli.stack import converge_locked
-    from aimactl.converge.session import plan_stack
+    from aimactl.converge.session import RevisionNotFound, plan_stack, revision_manifests
     from aimactl.core.plan import PlanOptions
-    from aimactl.manifest import load_manifest_texts
-    from aimactl.store import open_store
 
-    store = open_store(environ=os.environ)
     try:
-        found = store.revision(revision)
-    finally:
-        store.close()
-    if not found or found["stack"] != common.stack:
-        error(f"revision {revision} not found for stack {common.stack}; see `aimactl history`")
-        raise typer.Exit(1)
-    manifests = load_manifest_texts(found["manifests"] or [], common.var, common.var_file,
-                                    dict(os.environ) if common.allow_env else None)
+        manifests = revision_manifests(common.stack, revision, os.environ, common.var, common.var_file,
+                                       dict(os.environ) if common.allow_env else None)
+    except RevisionNotFound as exc:
+        error(str(exc))
+        raise typer.Exit(1) from None
     if not manifests.valid:
         for e in manifests.errors:
             error(str(e))

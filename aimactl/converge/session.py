@@ -5,7 +5,7 @@ The CLI calls these; they hold the sequence, the CLI only parses flags and rende
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -195,6 +195,33 @@ def stack_lock(stack: str, operation: str, wait: float, environ: Mapping[str, st
 
 
 
+class RevisionNotFound(Exception):
+    """No revision with that id was recorded for the stack."""
+
+
+def _stored_revision(environ: Mapping[str, str], pick: Callable[[Any], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One revision from the state DB, chosen by `pick(store)`; the store is closed again at once."""
+    from aimactl.store import open_store
+
+    store = open_store(environ=environ)
+    try:
+        return pick(store)
+    finally:
+        store.close()
+
+
+def revision_manifests(stack: str, revision: int, environ: Mapping[str, str], var_args: Sequence[str] = (),
+                       var_files: Sequence[str] = (), template_env: Mapping[str, str] | None = None) -> Manifests:
+    """The manifests that revision `revision` of `stack` applied, loaded again (for `rollback`); errors are in the
+    result as for files. Raises RevisionNotFound when the stack has no such revision."""
+    from aimactl.manifest import load_manifest_texts
+
+    found = _stored_revision(environ, lambda store: store.revision(revision))
+    if not found or found["stack"] != stack:
+        raise RevisionNotFound(f"revision {revision} not found for stack {stack}; see `aimactl history`")
+    return load_manifest_texts(found["manifests"] or [], var_args, var_files, template_env)
+
+
 def recorded_hosts(stack: str, environ: Mapping[str, str], var_args: Sequence[str] = (),
                    var_files: Sequence[str] = (), template_env: Mapping[str, str] | None = None,
                    ) -> tuple[Manifests, str]:
@@ -205,13 +232,9 @@ def recorded_hosts(stack: str, environ: Mapping[str, str], var_args: Sequence[st
     saying where they came from.
     """
     from aimactl.manifest import load_manifest_texts
-    from aimactl.store import open_store
 
-    store = open_store(environ=environ)
-    try:
-        found = next((r for r in store.revisions(stack, limit=50) if r.get("manifests")), None)
-    finally:
-        store.close()
+    found = _stored_revision(environ, lambda store: next(
+        (r for r in store.revisions(stack, limit=50) if r.get("manifests")), None))
     if found is None:
         return Manifests(), f"no revision of stack {stack} recorded manifests: the local host only"
     loaded = load_manifest_texts(found["manifests"], var_args, var_files, template_env)
