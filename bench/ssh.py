@@ -1,12 +1,14 @@
-"""aimactl plan of a converged stack on 1, 2, 4 and 8 SSH hosts vs gathering the same facts with pyinfra.
+"""aimactl plan of a converged stack on 1, 2, 4 and 8 SSH hosts vs gathering the same facts with pyinfra and Ansible.
 
 Run (as root): `.venv/bin/python bench/ssh.py [--sizes 1,2,4,8] [--repeat 3]`. It starts one real sshd per host
 on 127.0.0.2 ... 127.0.0.9 (tests/fixtures/sshd.py: own host key each, strict known_hosts, key login as root),
 converges a stack with one process Service per host (`sleep`, supervised by aimactl's helper), then times
-`aimactl plan --detailed-exitcode` (must exit 0: nothing to do) against `pyinfra INVENTORY fact server.Command`
-running one shell script per host that reads what aimactl's observation reads there (CPUs, memory, disk of the
-data dir, GPUs, the pid files of the stack's processes and whether they live, the model cache index).
-Needs pyinfra in this Python's environment: `.venv/bin/pip install pyinfra`.
+`aimactl plan --detailed-exitcode` (must exit 0: nothing to do) against two peers running one shell script per
+host that reads what aimactl's observation reads there (CPUs, memory, disk of the data dir, GPUs, the pid files of
+the stack's processes and whether they live, the model cache index): `pyinfra INVENTORY fact server.Command` and
+`ansible all -i INVENTORY -m raw -a SCRIPT -f N` (ad hoc, no fact gathering, strict host keys, N forks).
+The peers are benchmark-only, installed by hand in this Python's environment: `.venv/bin/pip install pyinfra`,
+`.venv/bin/pip install ansible-core`; a peer that is missing is skipped (with a line saying so).
 Targets (the issue): 8 hosts at most 2 x the time of 1 host; at most 0.5 x the peer.
 """
 
@@ -54,6 +56,16 @@ def manifest(fleet: SshHosts, n: int, data: Path) -> str:
     return "---\n".join(docs)
 
 
+def ansible_inventory(fleet: SshHosts, n: int) -> str:
+    """An Ansible INI inventory of the same n hosts: same key, the fixture's known_hosts, strict checking."""
+    options = (f"-o UserKnownHostsFile={fleet.known_hosts_path} -o StrictHostKeyChecking=yes "
+               "-o GlobalKnownHostsFile=/dev/null")
+    rows = [f"{h.name} ansible_host={h.address} ansible_port={h.port} ansible_user={h.user} "
+            f"ansible_ssh_private_key_file={fleet.client_key_path} ansible_ssh_common_args='{options}'"
+            for h in fleet.hosts[:n]]
+    return "[edge]\n" + "\n".join(rows) + "\n"
+
+
 def inventory(fleet: SshHosts, n: int) -> str:
     """A pyinfra inventory of the same n hosts with the same key and strict known_hosts."""
     rows = [(h.address, {"ssh_port": h.port, "ssh_user": h.user, "ssh_key": str(fleet.client_key_path),
@@ -76,8 +88,8 @@ def check(done: subprocess.CompletedProcess[str], what: str) -> None:
         raise SystemExit(f"{what} exited {done.returncode}:\n    {tail}")
 
 
-def machine(aimactl: str, pyinfra: str) -> str:
-    """CPUs, Python, OpenSSH, pyinfra; aimactl's commit."""
+def machine(peers: dict[str, str]) -> str:
+    """CPUs, Python, OpenSSH, the peers' versions; aimactl's commit."""
     def out(cmd: list[str]) -> str:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() or "?"
 
@@ -85,32 +97,45 @@ def machine(aimactl: str, pyinfra: str) -> str:
     commit = out(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
     dirty = " + uncommitted changes" if out(["git", "-C", str(repo), "status", "--porcelain", "aimactl"]) != "?" else ""
     sshd = subprocess.run(["sshd", "-V"], capture_output=True, text=True).stderr.strip() or "?"
-    return (f"nproc {os.cpu_count()}, Python {platform.python_version()}, {sshd}, pyinfra "
-            f"{out([pyinfra, '--version']).split()[-1]}, {platform.platform()}\naimactl at {commit}{dirty}")
+    versions = {"pyinfra": lambda p: out([p, "--version"]).split()[-1],
+                "ansible": lambda p: out([p, "--version"]).splitlines()[0].split()[-1].rstrip("]")}
+    shown = ", ".join(f"{tool} {versions[tool](path)}" for tool, path in peers.items())
+    return (f"nproc {os.cpu_count()}, Python {platform.python_version()}, {sshd}, {shown}, {platform.platform()}"
+            f"\naimactl at {commit}{dirty}")
 
 
-def bench_size(fleet: SshHosts, n: int, repeat: int, tmp: Path, aimactl: str, pyinfra: str,
-               env: dict[str, str], parallelism: int | None) -> dict[str, list[float]]:
-    """Converge the stack on n hosts, then time plan and the peer `repeat` times each, interleaved."""
-    data = tmp / f"n{n}"
-    data.mkdir()
-    (data / "stack.yaml").write_text(manifest(fleet, n, data))
+def peer_commands(fleet: SshHosts, n: int, data: Path, peers: dict[str, str]) -> dict[str, list[str]]:
+    """Each installed peer's command that runs the FACTS script once on each of the n hosts."""
     (data / "inventory.py").write_text(inventory(fleet, n))
-    stack_env = dict(env, AIMACTL_STACK=f"benchssh{n}")
-    flags = ["--parallelism", str(parallelism)] if parallelism else []
-    plan = [aimactl, "plan", "-f", str(data / "stack.yaml"), "--detailed-exitcode", *flags]
+    (data / "inventory.ini").write_text(ansible_inventory(fleet, n))
     # Every host is this machine: each has its data dir named after the address its sshd listens on, which
     # the peer's script reads from SSH_CONNECTION (client ip, port, server ip, port).
     script = "D=" + str(data) + "/$(echo $SSH_CONNECTION | cut -d' ' -f3); " + FACTS.format(d="$D")
-    peer = [pyinfra, "-y", str(data / "inventory.py"), "fact", "server.Command", f"command={script}"]
+    commands = {"pyinfra": [peers.get("pyinfra", ""), "-y", str(data / "inventory.py"), "fact", "server.Command",
+                            f"command={script}"],
+                "ansible": [peers.get("ansible", ""), "all", "-i", str(data / "inventory.ini"), "-m", "raw",
+                            "-a", script, "-f", str(max(n, 5))]}
+    return {tool: cmd for tool, cmd in commands.items() if tool in peers}
+
+
+def bench_size(fleet: SshHosts, n: int, repeat: int, tmp: Path, aimactl: str, peers: dict[str, str],
+               env: dict[str, str], parallelism: int | None) -> dict[str, list[float]]:
+    """Converge the stack on n hosts, then time plan and each peer `repeat` times each, interleaved."""
+    data = tmp / f"n{n}"
+    data.mkdir()
+    (data / "stack.yaml").write_text(manifest(fleet, n, data))
+    stack_env = dict(env, AIMACTL_STACK=f"benchssh{n}")
+    flags = ["--parallelism", str(parallelism)] if parallelism else []
+    plan = [aimactl, "plan", "-f", str(data / "stack.yaml"), "--detailed-exitcode", *flags]
+    tools = {"aimactl": plan, **peer_commands(fleet, n, data, peers)}
     _, applied = run([aimactl, "apply", "-f", str(data / "stack.yaml"), "--auto-approve", *flags], stack_env)
     check(applied, f"aimactl apply on {n} hosts")
-    for cmd, what in ((plan, "aimactl plan"), (peer, "pyinfra fact")):  # warm-up, unmeasured
-        check(run(cmd, stack_env)[1], what)
-    times: dict[str, list[float]] = {"aimactl": [], "pyinfra": []}
+    for tool, cmd in tools.items():  # warm-up, unmeasured
+        check(run(cmd, stack_env)[1], f"{tool} (warm-up)")
+    times: dict[str, list[float]] = {tool: [] for tool in tools}
     for r in range(repeat):
         shown = []
-        for tool, cmd in (("aimactl", plan), ("pyinfra", peer)):
+        for tool, cmd in tools.items():
             seconds, done = run(cmd, stack_env)
             check(done, f"{tool} on {n} hosts")
             times[tool].append(seconds)
@@ -121,24 +146,30 @@ def bench_size(fleet: SshHosts, n: int, repeat: int, tmp: Path, aimactl: str, py
 
 
 def table(results: dict[int, dict[str, list[float]]]) -> list[str]:
-    """Print medians side by side, the ratios, and the verdicts; returns the verdict lines."""
+    """Print medians side by side, aimactl's ratio to each peer, and the verdicts; returns the verdict lines."""
     med = {n: {tool: statistics.median(v) for tool, v in times.items()} for n, times in results.items()}
     first = min(med)
-    print(f"\n{'hosts':>5}{'aimactl plan (s)':>18}{'pyinfra facts (s)':>19}{'aimactl/pyinfra':>17}"
-          f"{f'aimactl vs {first} host':>20}")
+    peers = [tool for tool in next(iter(med.values())) if tool != "aimactl"]
+    header = f"{'hosts':>5}{'aimactl plan (s)':>18}"
+    for peer in peers:
+        header += f"{f'{peer} (s)':>14}{f'aimactl/{peer}':>17}"
+    print("\n" + header + f"{f'aimactl vs {first} host':>20}")
     for n, m in med.items():
-        print(f"{n:>5}{m['aimactl']:>18.3f}{m['pyinfra']:>19.3f}{m['aimactl'] / m['pyinfra']:>16.2f}x"
-              f"{m['aimactl'] / med[first]['aimactl']:>19.2f}x")
+        row = f"{n:>5}{m['aimactl']:>18.3f}"
+        for peer in peers:
+            row += f"{m[peer]:>14.3f}{m['aimactl'] / m[peer]:>16.2f}x"
+        print(row + f"{m['aimactl'] / med[first]['aimactl']:>19.2f}x")
     verdicts = []
     last = max(med)
     if first == 1 and last > 1:
         ratio = med[last]["aimactl"] / med[1]["aimactl"]
         verdicts.append(f"{last} hosts vs 1 host: {ratio:.2f}x (target <= {SCALING_LIMIT:.1f}x): "
                         + ("PASS" if ratio <= SCALING_LIMIT else "MISS"))
-    for n, m in med.items():
-        ratio = m["aimactl"] / m["pyinfra"]
-        verdicts.append(f"{n} host{'s' if n > 1 else ''}: aimactl/pyinfra {ratio:.2f}x (target <= {PEER_LIMIT:.1f}x): "
-                        + ("PASS" if ratio <= PEER_LIMIT else "MISS"))
+    for peer in peers:
+        for n, m in med.items():
+            ratio = m["aimactl"] / m[peer]
+            verdicts.append(f"{n} host{'s' if n > 1 else ''}: aimactl/{peer} {ratio:.2f}x "
+                            f"(target <= {PEER_LIMIT:.1f}x): " + ("PASS" if ratio <= PEER_LIMIT else "MISS"))
     print("\n" + "\n".join(verdicts))
     return verdicts
 
@@ -150,16 +181,27 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per tool and size (the median is shown)")
     parser.add_argument("--parallelism", type=int, default=None,
                         help="aimactl --parallelism (default: aimactl's own default)")
+    parser.add_argument("--no-control-persist", action="store_true",
+                        help="Ansible without its OpenSSH ControlPersist (default: as shipped, which keeps each "
+                             "host's connection open 60 s between runs)")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
     if not sizes or sizes[-1] > 8 or sizes[0] < 1:
         print("--sizes: host counts from 1 to 8", file=sys.stderr)
         return 2
     bindir = Path(sys.executable).parent
-    aimactl, pyinfra = shutil.which("aimactl", path=str(bindir)), shutil.which("pyinfra", path=str(bindir))
-    if not aimactl or not pyinfra:
-        print("aimactl and pyinfra must be installed beside this Python: run it with .venv/bin/python after "
-              "`.venv/bin/pip install pyinfra`", file=sys.stderr)
+    aimactl = shutil.which("aimactl", path=str(bindir))
+    peers = {}
+    for tool, package in (("pyinfra", "pyinfra"), ("ansible", "ansible-core")):
+        found = shutil.which(tool, path=str(bindir))
+        if found:
+            peers[tool] = found
+        else:
+            print(f"{tool} is not installed beside this Python: `{bindir}/pip install {package}` to compare with "
+                  "it; skipping that peer", flush=True)
+    if not aimactl or not peers:
+        print("aimactl and at least one peer must be installed beside this Python: run it with .venv/bin/python "
+              "after `.venv/bin/pip install pyinfra ansible-core`", file=sys.stderr)
         return 2
     if os.geteuid() != 0 or not shutil.which("sshd", path=os.environ.get("PATH", "") + ":/usr/sbin"):
         print("needs root and sshd (apt-get install -y openssh-server)", file=sys.stderr)
@@ -171,11 +213,15 @@ def main() -> int:
         env = dict(os.environ, AIMACTL_STATE_DIR=f"{tmp}/state", NO_COLOR="1",
                    DOCKER_HOST=f"unix://{tmp}/controller-has-no-docker.sock")
         if env.pop("PYTHONDONTWRITEBYTECODE", None):
-            env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pyc"  # both tools get a bytecode cache, as installs have
-        print("machine:", machine(aimactl, pyinfra))
+            env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pyc"  # every tool gets a bytecode cache, as installs have
+        # Ansible as shipped (its OpenSSH ControlPersist included), its state in the run's own directory.
+        env.update(ANSIBLE_HOME=f"{tmp}/ansible", ANSIBLE_HOST_KEY_CHECKING="True", LC_ALL="C.UTF-8")
+        if args.no_control_persist:  # every Ansible run connects afresh, as every aimactl and pyinfra run does
+            env["ANSIBLE_SSH_ARGS"] = "-C -o ControlMaster=no"
+        print("machine:", machine(peers))
         print(f"hosts: {', '.join(f'{h.name}={h.address}:{h.port}' for h in fleet.hosts)}", flush=True)
         for n in sizes:
-            results[n] = bench_size(fleet, n, args.repeat, Path(tmp), aimactl, pyinfra, env, args.parallelism)
+            results[n] = bench_size(fleet, n, args.repeat, Path(tmp), aimactl, peers, env, args.parallelism)
     table(results)
     print(f"\nload average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} CPUs (other work on the machine makes the medians noisy)")
