@@ -15,9 +15,8 @@ from aimactl.engines.catalog import (
     engine_names,
     load_engine,
     load_engine_file,
-    model_info,
-    render,
 )
+from aimactl.engines.render import model_info, render
 from aimactl.manifest.kinds import ServiceSpec
 from aimactl.models.sources import parse_source
 

@@ -66,7 +66,7 @@ def desired_model(res: Resource, host: str, data_dir: str, hf_endpoint: str | No
 
 def model_infos(resources: Sequence[Resource], data_dir: str) -> dict[str, Any]:
     """Catalog ModelInfo of every Model for one host (its cache path there), by name."""
-    from aimactl.engines.catalog import model_info
+    from aimactl.engines.render import model_info
     from aimactl.models.sources import parse_source
 
     out = {}

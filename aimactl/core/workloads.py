@@ -86,7 +86,8 @@ def _custom(res: Resource, host: Any) -> Workload:
 def _engine(res: Resource, model: Any, host: Any, gpu_ids: tuple[str, ...] = ()) -> Workload:
     """A catalog engine (vllm, llamacpp, ollama, sglang, tgi) on docker or as a native process; `gpu_ids` are
     the GPUs placement assigned (they switch on the engine's GPU flags and, natively, CUDA_VISIBLE_DEVICES)."""
-    from aimactl.engines.catalog import HostFacts, load_engine, render
+    from aimactl.engines.catalog import HostFacts, load_engine
+    from aimactl.engines.render import render
 
     spec = res.spec
     engine = load_engine(spec.engine)

@@ -12,10 +12,9 @@ from aimactl.engines.catalog import (
     engine_names,
     load_engine,
     load_engine_file,
-    model_info,
     parse_engine,
-    render,
 )
+from aimactl.engines.render import model_info, render
 
 __all__ = ["Engine", "EngineError", "HostFacts", "Launch", "ModelInfo", "RenderedEngine", "Request", "engine_names",
            "load_engine", "load_engine_file", "model_info", "parse_engine", "render"]
