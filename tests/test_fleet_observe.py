@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from aimactl.helper import helper_file
+from aimactl.helper import MISSING, bootstrap_argv, helper_file
 
 
 def helper(verb: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -42,3 +44,56 @@ def test_batch_runs_only_read_only_verbs(tmp_path: Path) -> None:
     for call in ({"verb": "fetch", "params": {}}, {"verb": "batch", "params": {}}, {"verb": "probe"}, "probe"):
         answer = helper("batch", {"calls": [call]})
         assert answer["ok"] is False and answer["error"]["code"] == "invalid-input", call
+
+
+def test_batch_answers_the_home_and_stat_reads_what_sftp_read(tmp_path: Path) -> None:
+    index = tmp_path / "models" / "index.json"
+    index.parent.mkdir()
+    index.write_text('{"tiny": {"size": 3}}')
+    calls = [{"verb": "stat", "params": {"path": str(index), "read": True}},
+             {"verb": "stat", "params": {"path": str(tmp_path / "no-docker.sock")}},
+             {"verb": "stat", "params": {"path": str(tmp_path)}}]
+    answer = helper("batch", {"calls": calls})["result"]
+    assert answer["home"] == os.path.expanduser("~")
+    read, missing, directory = answer["results"]
+    assert read == {"ok": True, "result": {"path": str(index), "exists": True, "type": "file",
+                                           "text": '{"tiny": {"size": 3}}'}}
+    assert missing["result"] == {"path": str(tmp_path / "no-docker.sock"), "exists": False, "type": None,
+                                 "text": None}
+    assert directory["result"]["type"] == "dir" and directory["result"]["text"] is None
+
+
+def test_paths_with_tilde_are_the_users_home_and_only_those(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "d").mkdir(parents=True)
+    env = {**os.environ, "HOME": str(home)}
+
+    def stat(path: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, helper_file(), "stat"], input=json.dumps({"path": path}),
+                              capture_output=True, text=True, timeout=60, env=env)
+        return json.loads(done.stdout.splitlines()[-1])
+
+    assert stat("~/d")["result"] == {"path": str(home / "d"), "exists": True, "type": "dir", "text": None}
+    assert stat("~")["result"]["path"] == str(home)
+    for literal in ("~root/d", "~d", "d/~"):  # not the home: relative paths stay refused
+        assert stat(literal)["error"]["code"] == "invalid-input", literal
+
+
+def test_the_bootstrap_runs_the_helper_at_a_tilde_path_or_says_it_is_missing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "h").mkdir(parents=True)
+    shutil.copy(helper_file(), home / "h" / "aimahelper.py")
+    env = {**os.environ, "HOME": str(home)}
+
+    def boot(path: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(bootstrap_argv(sys.executable, path, *args), input='{"calls": []}',
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    ran = boot("~/h/aimahelper.py", "batch")
+    assert ran.returncode == 0 and json.loads(ran.stdout) == {"ok": True, "result": {"results": [],
+                                                                                     "home": str(home)}}
+    missing = boot("~/h/other.py", "batch")
+    assert missing.returncode == 1 and json.loads(missing.stdout) == {
+        "ok": False, "error": {"code": MISSING, "message": f"no helper at {home}/h/other.py", "home": str(home)}}
+    literal = boot("~/h/$(echo aimahelper).py", "batch")  # PATH is data: never code (over SSH: test_hostile_values)
+    assert json.loads(literal.stdout)["error"]["message"] == f"no helper at {home}/h/$(echo aimahelper).py"
