@@ -46,6 +46,29 @@ def test_heavy_modules_stay_off_the_validate_path() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_docker_and_the_state_db_load_without_their_unused_heavy_extras(tmp_path: Path) -> None:
+    # `import docker` pulls paramiko and invoke (~0.2 s) for an ssh:// transport aimactl never uses, and
+    # sqlite-utils pulls numpy (~0.1 s): both are on every apply's path. Afterwards both still import.
+    code = (
+        "import sys\n"
+        "from aimactl.runtimes.docker import DockerRuntime\n"
+        "from aimactl.runtimes import RuntimeFailure\n"
+        "from aimactl.store import open_store\n"
+        "try:\n"
+        f"    DockerRuntime('unix://{tmp_path}/no-engine.sock')._sdk()\n"
+        "except RuntimeFailure:\n"
+        "    pass\n"
+        f"open_store({str(tmp_path)!r}).close()\n"
+        "import docker, sqlite_utils\n"
+        "print(sorted(m for m in ('paramiko', 'invoke', 'numpy') if m in sys.modules))\n"
+        "import paramiko, numpy\n"
+        "print('later imports work')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "later imports work"]
+
+
 def test_ruff_is_clean() -> None:
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "aimactl", "tests", "bench", "scripts"], cwd=ROOT,
                             capture_output=True, text=True)

@@ -179,8 +179,11 @@ class DockerRuntime:
         """The Docker SDK client of this engine, created (and `docker` imported) on first use."""
         with self._client_lock:
             if self._client is None:
-                import docker
-                import docker.errors
+                from aimactl.imports import without
+
+                with without("paramiko"):  # the SDK's ssh:// transport: aimactl forwards SSH hosts' sockets itself
+                    import docker
+                    import docker.errors
 
                 try:
                     self._client = docker.DockerClient(base_url=self.base_url, timeout=CLIENT_TIMEOUT_S)

@@ -9,7 +9,6 @@ import getpass
 import json
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,21 +28,11 @@ _JSON_COLUMNS = ("manifests", "plan", "result")
 
 
 def _sqlite_utils_database() -> type[Database]:
-    """sqlite-utils' Database class, imported with numpy hidden.
+    """sqlite-utils' Database class; numpy (0.1-0.15 s, only for numpy scalars) is kept out while it loads."""
+    from aimactl.imports import without
 
-    sqlite-utils imports numpy when it is installed (0.1-0.15 s, a sixth of a command's start-up) only to store
-    numpy scalars; the store never writes any, so numpy is kept out while sqlite-utils loads and stays importable
-    for whoever needs it later.
-    """
-    if "sqlite_utils.db" not in sys.modules and "numpy" not in sys.modules:
-        sys.modules["numpy"] = None  # type: ignore[assignment]  # makes `import numpy` raise ImportError
-        try:
-            import sqlite_utils.db  # noqa: F401 - loaded here, used below
-        finally:
-            if sys.modules.get("numpy", 0) is None:
-                del sys.modules["numpy"]
-    from sqlite_utils import Database
-
+    with without("numpy"):
+        from sqlite_utils import Database
     return Database
 
 
