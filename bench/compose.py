@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fixtures.dockerd import BUSYBOX_IMAGE, private_docker_engine  # noqa: E402
 
 PROJECT, STACK = "benchcompose", "benchaima"
-COMPOSE_PORT, AIMA_PORT = 18100, 19100  # host port bases: the two stacks never share a port
+COMPOSE_PORT, AIMA_PORT, FLOOR_PORT = 18100, 19100, 20100  # host port bases: no two stacks share a port
+PARALLELISM = 4  # aimactl's default --parallelism, for the engine-floor row
 # busybox httpd as PID 1 ignores SIGTERM (stops would take the 10 s timeout): a shell that exits on TERM.
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /etc & wait"]
 # (operation, N, most aimactl/compose allowed)
@@ -124,6 +125,28 @@ def tool_env(env: dict[str, str], tmp: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPYCACHEPREFIX": f"{tmp}/pyc"}
 
 
+def engine_floor(client, n: int) -> float:
+    """Seconds the engine alone takes to create and start the same `n` containers, `PARALLELISM` requests at a
+    time from this process (no tool: no start-up, no observation, no readiness); they are removed afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def up(i: int) -> str:
+        host_config = client.api.create_host_config(port_bindings={"80/tcp": [("127.0.0.1", FLOOR_PORT + i)]},
+                                                    restart_policy={"Name": "unless-stopped"})
+        created = client.api.create_container(BUSYBOX_IMAGE, command=COMMAND, name=f"benchfloor{i}",
+                                              ports=[(80, "tcp")], host_config=host_config)
+        client.api.start(created["Id"])
+        return str(created["Id"])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(PARALLELISM) as pool:
+        ids = list(pool.map(up, range(n)))
+    seconds = time.perf_counter() - start
+    with ThreadPoolExecutor(PARALLELISM) as pool:
+        list(pool.map(lambda cid: client.api.remove_container(cid, force=True), ids))
+    return seconds
+
+
 def bench_size(n: int, repeat: int, tools: dict[str, dict[str, list[str]]], envs: dict[str, dict[str, str]],
                client, warm_up: bool = False) -> dict[tuple[str, str], list[float]]:
     """Run cold apply, no-op apply and teardown `repeat` times for each tool; returns the times that succeeded.
@@ -150,6 +173,10 @@ def bench_size(n: int, repeat: int, tools: dict[str, dict[str, list[str]]], envs
             print(f"  N={n} run {r + 1}/{repeat} {tool:<8}" + "".join(
                 f"  {op} {'fail' if s is None else f'{s:.2f}s'}" for op, s in shown.items())
                 + (f"  ({left} containers left!)" if left else ""), flush=True)
+        force_clean(client)
+        floor = engine_floor(client, n)
+        times.setdefault(("engine", "cold apply"), []).append(floor)
+        print(f"  N={n} run {r + 1}/{repeat} engine    create+start {floor:.2f}s", flush=True)
     force_clean(client)
     return times
 
@@ -159,17 +186,20 @@ def table(results: dict[int, dict[tuple[str, str], list[float]]]) -> None:
     def med(values: list[float]) -> float | None:
         return statistics.median(values) if values else None
 
-    print(f"\n{'N':>3}  {'operation':<12}{'compose (s)':>12}{'aimactl (s)':>12}{'ratio':>8}  target")
+    print(f"\n{'N':>3}  {'operation':<12}{'compose (s)':>12}{'aimactl (s)':>12}{'ratio':>8}  target"
+          f"{'':>14}engine alone (s)")
     for n, times in results.items():
         for op in OPERATIONS:
             c, a = med(times[("compose", op)]), med(times[("aimactl", op)])
+            floor = med(times.get(("engine", op), []))
             ratio = a / c if a is not None and c else None
             target = next((limit for top, tn, limit in TARGETS if top == op and tn == n), None)
             verdict = ""
             if target is not None:
                 verdict = f"<= {target:.2f}x  " + ("n/a" if ratio is None else "PASS" if ratio <= target else "MISS")
             cells = [f"{v:>12.3f}" if v is not None else f"{'fail':>12}" for v in (c, a)]
-            print(f"{n:>3}  {op:<12}{cells[0]}{cells[1]}{'' if ratio is None else f'{ratio:.2f}x':>8}  {verdict}")
+            print(f"{n:>3}  {op:<12}{cells[0]}{cells[1]}{'' if ratio is None else f'{ratio:.2f}x':>8}  {verdict:<20}"
+                  + ("" if floor is None else f"{floor:>10.3f}"))
 
 
 def main() -> int:
@@ -187,7 +217,8 @@ def main() -> int:
     if not aimactl:
         print("aimactl not found beside this Python: run it with .venv/bin/python", file=sys.stderr)
         return 2
-    busy = [p for base in (COMPOSE_PORT, AIMA_PORT) for p in range(base, base + max(sizes)) if not port_free(p)]
+    busy = [p for base in (COMPOSE_PORT, AIMA_PORT, FLOOR_PORT) for p in range(base, base + max(sizes))
+            if not port_free(p)]
     if busy:
         print(f"host ports in use: {busy[:10]}; free {COMPOSE_PORT}+ and {AIMA_PORT}+ first", file=sys.stderr)
         return 2
@@ -222,7 +253,9 @@ def main() -> int:
           f"on {os.cpu_count()} CPUs (other work on the machine makes the medians noisy)")
     print("\nteardown: `docker-compose down` vs `aimactl destroy --auto-approve`; compose also creates and removes its "
           "project network.\nNote: the Apps have no health path, so aimactl's cold apply waits until each container "
-          "has been running ~1 s (its readiness settle, in parallel); docker-compose waits for nothing.")
+          "has been running 0.5 s (its readiness settle, in parallel); docker-compose waits for nothing.\n"
+          f"engine alone: the same containers created and started from this process with the Docker SDK, "
+          f"{PARALLELISM} at a time (aimactl's default --parallelism), no tool around it: the floor of a cold apply.")
     return 0
 
 
