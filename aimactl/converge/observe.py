@@ -180,6 +180,7 @@ class Connections:
                 break
             except HelperError as exc:
                 if exc.code != MISSING or attempt == 2:
+                    self._resolve_quietly(host)
                     raise RuntimeFailure(exc.message) from None
             self.helper_path(host)  # not there yet (first contact, new aimactl, deleted): upload, then again
         connector.learn_home(str(answer.get("home") or ""))
@@ -188,6 +189,14 @@ class Connections:
             self._helpers.setdefault(host, helper_location(self.hosts[host].data_dir))  # it has just run
         results: list[dict[str, Any]] = answer["results"]
         return results
+
+    def _resolve_quietly(self, host: str) -> None:
+        """Resolve `~` in a host's paths over SFTP when its helper could not answer (no python there, say): the
+        plan still names that host's paths as they are there."""
+        try:
+            self.connector(host)
+        except (RuntimeFailure, OSError):
+            pass
 
     def learn_socket(self, host: str, exists: bool) -> None:
         """Record whether an SSH host's Docker socket exists (from its batch): its forwarder then dials without
