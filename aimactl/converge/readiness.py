@@ -71,29 +71,11 @@ def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: 
     running_since: float | None = None
     last_problem = "not probed yet"
     while True:
-        seen = runtime.inspect(container_id)
-        if not seen.running:
-            code = f" with exit code {seen.exit_code}" if seen.exit_code is not None else ""
-            raise NotReady(f"container {seen.state}{code} while starting" + last_logs(runtime, container_id))
-        if seen.restart_count:
-            # Running again only because its restart policy brought it back (the replica was just created):
-            # it crashed while starting, however briefly it was seen down.
-            raise NotReady(f"container exited while starting and was restarted {seen.restart_count} time(s) by "
-                           "its restart policy" + last_logs(runtime, container_id))
+        _check_still_up(runtime, container_id)
         now = clock()
         if readiness.path and readiness.port:
-            url = f"http://{host}:{readiness.port}{readiness.path}"
-            last_problem = probe(url) or ""
-            if not last_problem and on_healthy is not None:
-                on_healthy()
-                on_healthy = None
-            if not last_problem and readiness.warmup:
-                warm = readiness.warmup
-                target = f"http://{host}:{readiness.port}{warm.path}"
-                last_problem = warmup(target, warm.method, warm.body) or ""
-                last_problem = f"warmup {warm.method} {target}: {last_problem}" if last_problem else ""
-            elif last_problem:
-                last_problem = f"GET {url}: {last_problem}"
+            last_problem, answered = _http_problem(readiness, host, on_healthy)
+            on_healthy = None if answered else on_healthy
             if not last_problem:
                 return now - start
         else:
@@ -108,3 +90,33 @@ def wait_ready(runtime: Runtime, container_id: str, readiness: Readiness, host: 
             # Wake when the settle time is up, not on the next poll tick: a cold apply waits no longer than it must.
             pause = min(pause, max(0.0, running_since + readiness.settle - now))
         sleep(pause)
+
+
+def _check_still_up(runtime: Runtime, container_id: str) -> None:
+    """Raise NotReady (with the last log lines) when the starting replica exited, or crashed and was restarted."""
+    seen = runtime.inspect(container_id)
+    if not seen.running:
+        code = f" with exit code {seen.exit_code}" if seen.exit_code is not None else ""
+        raise NotReady(f"container {seen.state}{code} while starting" + last_logs(runtime, container_id))
+    if seen.restart_count:
+        # Running again only because its restart policy brought it back (the replica was just created):
+        # it crashed while starting, however briefly it was seen down.
+        raise NotReady(f"container exited while starting and was restarted {seen.restart_count} time(s) by "
+                       "its restart policy" + last_logs(runtime, container_id))
+
+
+def _http_problem(readiness: Readiness, host: str, on_healthy: Callable[[], None] | None) -> tuple[str, bool]:
+    """One round of HTTP checks: the health path, then (once it answers) `on_healthy` and the warmup request.
+    Returns what is wrong ('' when ready) and whether the health path answered."""
+    url = f"http://{host}:{readiness.port}{readiness.path}"
+    problem = probe(url)
+    if problem:
+        return f"GET {url}: {problem}", False
+    if on_healthy is not None:
+        on_healthy()
+    warm = readiness.warmup
+    if warm is None:
+        return "", True
+    target = f"http://{host}:{readiness.port}{warm.path}"
+    problem = warmup(target, warm.method, warm.body)
+    return (f"warmup {warm.method} {target}: {problem}" if problem else ""), True
