@@ -36,8 +36,9 @@ if not os.path.isfile(path):
                                                         "home": home}}) + "\\n")
     sys.exit(1)
 sys.argv = [path] + sys.argv[2:]
-import runpy
-runpy.run_path(path, run_name="__main__")
+with open(path, "rb") as handle:
+    code = compile(handle.read(), path, "exec")
+exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
 """
 
 
