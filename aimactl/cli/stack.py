@@ -168,18 +168,10 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
     there is nothing to do. Unreachable hosts are left out; the others converge and the
     command exits 1 with a per-host summary.
     """
-    from aimactl.cli.render import hosts_table, plan_text, results_table
+    from aimactl.cli.render import plan_text
 
     if preview:
-        first = build()
-        try:
-            # Errors are confirmed under the lock: a plan made without it can see an apply that runs right now
-            # (the reconcile loop) half-way, e.g. a port its new container just bound, as held by a stranger.
-            if not first.plan.errors:
-                _nothing_to_apply(first.plan)
-        finally:
-            first.connections.close(keep_connections=True)  # the SSH connections serve the plan under the lock
-            first.close()
+        _preview(build)
     from aimactl.converge.session import apply_session, stack_lock
     from aimactl.hosts.hostlock import HostLockError
     from aimactl.store import StoreError
@@ -201,13 +193,33 @@ def converge_locked(stack: str, kind: str, lock_timeout: float, parallelism: int
     except (StoreError, HostLockError) as exc:
         error(str(exc))
         raise typer.Exit(1) from None
+    _print_outcome(outcome, kind)
+    raise typer.Exit(1 if outcome.failed else 0)
+
+
+def _preview(build: Callable[[], Any]) -> None:
+    """Plan once without the lock (and without opening the state store): exit early when there is nothing to do."""
+    first = build()
+    try:
+        # Errors are confirmed under the lock: a plan made without it can see an apply that runs right now
+        # (the reconcile loop) half-way, e.g. a port its new container just bound, as held by a stranger.
+        if not first.plan.errors:
+            _nothing_to_apply(first.plan)
+    finally:
+        first.connections.close(keep_connections=True)  # the SSH connections serve the plan under the lock
+        first.close()
+
+
+def _print_outcome(outcome: Any, kind: str) -> None:
+    """The per-resource results, the per-host summary when there are several hosts or failures, the last line."""
+    from aimactl.cli.render import hosts_table, results_table
+
     console().print(results_table(outcome.results))
     if len(outcome.hosts) > 1 or any(not h.ok for h in outcome.hosts):
         console().print(hosts_table(outcome.hosts))
     verb = {"destroy": "Destroy", "rollback": "Rollback"}.get(kind, "Apply")
     console().print(f"{verb} {'[red]failed[/red]' if outcome.failed else '[green]complete[/green]'} "
                     f"(revision {outcome.revision}).")
-    raise typer.Exit(1 if outcome.failed else 0)
 
 
 def _saved_session(path: Path, common: Common) -> Any:
