@@ -389,7 +389,7 @@ def _answer(outcome: dict[str, Any]) -> Any:
     raise HelperError(str(error.get("code", "error")), str(error.get("message", "unknown error")))
 
 
-def _observe_remote(connections: Connections, stack: str, host: str, images: list[str]) -> ObservedHost:
+def _observe_remote(connections: Connections, stack: str, host: str, images: Iterable[str]) -> ObservedHost:
     """An SSH host's observation: one helper batch (processes, facts, model index, Docker socket), then its
     Docker engine through the forwarded socket when the socket is there (the batch said whether)."""
     from aimactl.hosts.connector import HelperError
@@ -413,7 +413,7 @@ def _observe_remote(connections: Connections, stack: str, host: str, images: lis
     return seen
 
 
-def observe_host(connections: Connections, stack: str, host: str, images: list[str]) -> ObservedHost:
+def observe_host(connections: Connections, stack: str, host: str, images: Iterable[str]) -> ObservedHost:
     """One host's observation; an unreachable host says why, a missing Docker engine only blocks Docker."""
     info = connections.hosts[host]
     if info.address != "local":
