@@ -118,6 +118,10 @@ def test_a_deleted_helper_is_uploaded_again_and_the_observation_still_works(ssh_
     connections = Connections({host.name: _info(ssh_hosts, host, str(data))}, {})
     try:
         assert _observe(connections, host.name, name)[1] == {"exec": 1, "sftp": 0}
+        shutil.rmtree(data / "helper")  # deleted while a long-lived command (the reconcile loop) holds on
+        seen, opened = _observe(connections, host.name, name)
+        assert seen.reachable and opened == {"exec": 2, "sftp": 1}
+        assert os.path.isfile(helper_location(str(data)))
     finally:
         connections.close()
 

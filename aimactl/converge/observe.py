@@ -182,6 +182,8 @@ class Connections:
                 if exc.code != MISSING or attempt == 2:
                     self._resolve_quietly(host)
                     raise RuntimeFailure(exc.message) from None
+            with self._host_lock(host):
+                self._helpers.pop(host, None)  # deleted since this command (or loop) found it: upload it again
             self.helper_path(host)  # not there yet (first contact, new aimactl, deleted): upload, then again
         connector.learn_home(str(answer.get("home") or ""))
         self.connector(host)  # `~` in dataDir and python resolved from that home: no SFTP
