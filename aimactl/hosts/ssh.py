@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from aimactl.hosts import sshconfig
 from aimactl.hosts.connector import Completed, HostUnreachable
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -50,15 +51,22 @@ class SshTarget:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
 
-def parse_address(address: str) -> SshTarget:
-    """`ssh://user@host:port` (user defaults to the local user, port to 22); ValueError when malformed."""
+def address_parts(address: str) -> tuple[str | None, str, int | None]:
+    """`ssh://user@host:port` as (user, host, port), None for what the address leaves out; ValueError when
+    malformed."""
     match = ADDRESS_RE.fullmatch(address)
     if not match:
         raise ValueError(f"{address!r} is not an ssh://user@host[:port] address")
-    port = int(match["port"] or 22)
-    if not 0 < port < 65536:
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 0 < port < 65536:
         raise ValueError(f"{address!r}: port {port} is out of range")
-    return SshTarget(match["user"] or getpass.getuser(), match["host"].strip("[]"), port)
+    return match["user"], match["host"].strip("[]"), port
+
+
+def parse_address(address: str) -> SshTarget:
+    """`ssh://user@host:port` (user defaults to the local user, port to 22); ValueError when malformed."""
+    user, host, port = address_parts(address)
+    return SshTarget(user or getpass.getuser(), host, port or 22)
 
 
 def fingerprint(key: Any) -> str:
@@ -81,9 +89,18 @@ class SshConnector:
                  accept_new: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S):
         self.name = name
         self.address = address
-        self.target = parse_address(address)
         self.identity_file = os.path.expanduser(identity_file) if identity_file else None
-        self.known_hosts = os.path.expanduser(known_hosts or DEFAULT_KNOWN_HOSTS)
+        # The address's host may be an alias of ~/.ssh/config: its HostName, User, Port, IdentityFile,
+        # UserKnownHostsFile and ProxyCommand/ProxyJump fill in what the manifest leaves out.
+        try:
+            user, alias, port = address_parts(address)
+            options = sshconfig.resolve(alias, user, port, self.identity_file, sshconfig.read_config())
+        except ValueError as exc:
+            raise HostUnreachable(f"host {name} ({address}) is unreachable: {exc}") from None
+        self.target = SshTarget(options.user, options.hostname, options.port)
+        self.identity_files = options.identity_files
+        self.proxy_command = options.proxy_command
+        self.known_hosts = os.path.expanduser(known_hosts or options.known_hosts or DEFAULT_KNOWN_HOSTS)
         self.accept_new = accept_new
         self.connect_timeout = connect_timeout
         self._client: Any = None
@@ -114,19 +131,14 @@ class SshConnector:
     def _connect(self) -> Any:
         """Open and authenticate the connection; every failure becomes HostUnreachable naming host and reason."""
         import logging
-        import sys
 
         # paramiko imports `invoke` (0.2-0.5 s: unittest.mock and more) only to run `Match exec` lines of an
-        # ssh_config, which aimactl never reads: keep it out of every command that reaches an SSH host. The
-        # blocker is only in place while paramiko is first imported, so later imports of invoke still work.
-        blocked = "invoke" not in sys.modules and "paramiko" not in sys.modules
-        if blocked:
-            sys.modules["invoke"] = None  # type: ignore[assignment]
-        try:
+        # ssh_config, which aimactl does not follow: keep it out of every command that reaches an SSH host. The
+        # blocker is only in place while paramiko is imported, so later imports of invoke still work.
+        from aimactl.imports import without
+
+        with without("invoke"):
             import paramiko
-        finally:
-            if blocked:
-                sys.modules.pop("invoke", None)
 
         # Failures are reported as one line each; paramiko's own log would add tracebacks on stderr.
         logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -140,10 +152,11 @@ class SshConnector:
         target = self.target
         started = time.monotonic()
         try:
-            client.connect(target.host, port=target.port, username=target.user, key_filename=self.identity_file,
-                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                           auth_timeout=self.connect_timeout, allow_agent=True,
-                           look_for_keys=self.identity_file is None)
+            sock = paramiko.ProxyCommand(self.proxy_command) if self.proxy_command else None
+            client.connect(target.host, port=target.port, username=target.user,
+                           key_filename=list(self.identity_files) or None, timeout=self.connect_timeout,
+                           banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout, allow_agent=True,
+                           look_for_keys=not self.identity_files, sock=sock)
         except HostKeyError:
             client.close()
             raise
@@ -163,9 +176,9 @@ class SshConnector:
                 "this may be an attack, or the host was reinstalled. If you are sure, remove the old line "
                 f"(ssh-keygen -R '{self.target.known_hosts_name}' -f {self.known_hosts}) and accept the new key.")
         if isinstance(exc, paramiko.PasswordRequiredException):
-            reason = f"identity file {self.identity_file} is encrypted: load it into ssh-agent"
+            reason = f"identity file {self._identities()} is encrypted: load it into ssh-agent"
         elif isinstance(exc, paramiko.AuthenticationException):
-            keys = f"identity file {self.identity_file}" if self.identity_file else "ssh-agent and ~/.ssh/id_* keys"
+            keys = f"identity file {self._identities()}" if self.identity_files else "ssh-agent and ~/.ssh/id_* keys"
             reason = f"authentication failed as {self.target.user} (tried {keys})"
         elif isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
             causes = list(exc.errors.values())
@@ -178,7 +191,7 @@ class SshConnector:
         elif isinstance(exc, socket.gaierror):
             reason = f"cannot resolve {self.target.host}: {exc.strerror}"
         elif isinstance(exc, FileNotFoundError):
-            reason = f"identity file {self.identity_file} not found"
+            reason = f"identity file {self._identities()} not found"
         elif isinstance(exc, (OSError, EOFError, paramiko.SSHException)) and elapsed >= self.connect_timeout * 0.9:
             reason = f"connection timed out after {self.connect_timeout:g} s (no SSH handshake)"
         elif isinstance(exc, (OSError, EOFError, paramiko.SSHException)):
@@ -188,7 +201,11 @@ class SshConnector:
         return self._unreachable(reason)
 
     def _where(self) -> str:
-        return f"{self.target.user}@{self.target.host}:{self.target.port}"
+        via = " through its ProxyCommand" if self.proxy_command else ""
+        return f"{self.target.user}@{self.target.host}:{self.target.port}{via}"
+
+    def _identities(self) -> str:
+        return ", ".join(self.identity_files)
 
     def _unreachable(self, reason: str) -> HostUnreachable:
         return HostUnreachable(f"host {self.name} ({self._where()}) is unreachable: {reason}")
