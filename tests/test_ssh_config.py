@@ -64,9 +64,15 @@ def test_identity_files_come_from_the_configuration_in_order(monkeypatch: pytest
     assert options.known_hosts_name == "[10.20.0.spark2]:2200"
 
 
-def test_proxy_command_runs_through_a_shell_with_its_tokens_expanded() -> None:
+def test_proxy_command_runs_without_a_shell_with_its_tokens_expanded() -> None:
     options = resolve("lab", None, None, None, CONFIG)
-    assert shlex.split(options.proxy_command or "") == ["sh", "-c", "nc -q0 192.168.1.9 22"]
+    assert shlex.split(options.proxy_command or "") == ["nc", "-q0", "192.168.1.9", "22"]
+
+
+@pytest.mark.parametrize("alias", ["$(touch /tmp/pwned)", "a;b", "a b", "`id`", "-oProxyCommand=x", "-e", "a'b"])
+def test_only_plain_host_names_reach_a_proxy_command(alias: str) -> None:
+    with pytest.raises(ValueError, match="is not a plain host name"):
+        resolve(alias, None, None, None, CONFIG)
 
 
 def test_without_a_configuration_openssh_defaults_apply() -> None:

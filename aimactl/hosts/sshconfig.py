@@ -3,18 +3,21 @@
 Fleets are usually named in `~/.ssh/config` (`Host spark1` with its HostName, User, Port, IdentityFile), and
 Ansible and pyinfra honour it, so a Host's `ssh://spark1` does too. What the manifest says explicitly wins: the
 user and port written in the address, `identityFile` and `knownHosts`; the configuration fills in the rest, then
-OpenSSH's defaults (the local user, port 22). `ProxyCommand` is run as OpenSSH would run it; a single-hop
-`ProxyJump` becomes `ssh -W host:port JUMP`. Host keys stay strictly checked, whatever the configuration says.
+OpenSSH's defaults (the local user, port 22). `ProxyCommand` is run without a shell (its words as arguments); a
+single-hop `ProxyJump` becomes `ssh -W host:port JUMP`. Host keys stay strictly checked, whatever the
+configuration says.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import re
 import shlex
 from dataclasses import dataclass
 
 DEFAULT_CONFIG = "~/.ssh/config"
+SAFE_NAME = re.compile(r"[A-Za-z0-9._:\[\]][A-Za-z0-9._:\[\]-]*")  # never an option (-x) nor shell syntax
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,8 @@ class SshOptions:
     known_hosts: str | None = None
     """The configuration's UserKnownHostsFile (first file), when the manifest names none."""
     proxy_command: str | None = None
-    """A command line (for paramiko.ProxyCommand, which splits it without a shell) whose stdin/stdout reach the
-    host's SSH port: ProxyCommand run through `sh -c` as OpenSSH does, or a ProxyJump turned into `ssh -W`."""
+    """A command line whose stdin/stdout reach the host's SSH port: ProxyCommand (`%h`, `%p` expanded), or a
+    ProxyJump turned into `ssh -W`. paramiko.ProxyCommand splits it into arguments and runs it without a shell."""
 
     @property
     def known_hosts_name(self) -> str:
@@ -55,6 +58,9 @@ def resolve(alias: str, user: str | None, port: int | None, identity_file: str |
 
     Raises ValueError for what cannot be honoured (a multi-hop ProxyJump) or an invalid Port.
     """
+    if not SAFE_NAME.fullmatch(alias) or (user is not None and not SAFE_NAME.fullmatch(user)):
+        # These reach `%h` / `%r` in a ProxyCommand: only plain host and user names (OpenSSH 9.6 refuses the same).
+        raise ValueError(f"{user + '@' if user else ''}{alias} is not a plain host name")
     entry = _lookup(alias, config_text)
     config_port = entry.get("port")
     try:
@@ -90,7 +96,7 @@ def _proxy(entry: dict[str, object], hostname: str, port: int, alias: str) -> st
     """ProxyCommand as configured (`none` disables it), or a single-hop ProxyJump as `ssh -W host:port JUMP`."""
     command = entry.get("proxycommand")
     if command and str(command).lower() != "none":
-        return shlex.join(["sh", "-c", str(command)])  # as OpenSSH runs it: through a shell (the user's own text)
+        return str(command)
     jump = str(entry.get("proxyjump") or "")
     if not jump or jump.lower() == "none":
         return None
