@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aimactl.converge.observe import resolve_hosts
+from aimactl.converge.connections import resolve_hosts
 from aimactl.core.desired import build_desired, host_infos
 from aimactl.core.observed import Observed
 from aimactl.engines.catalog import load_engine

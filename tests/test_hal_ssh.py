@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from aimactl.converge.observe import Connections, observe_facts
+from aimactl.converge.connections import Connections
+from aimactl.converge.observe import observe_facts
 from aimactl.core.desired import HostInfo
 from tests.fixtures.sshd import SshHost, SshHosts
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from aimactl.converge.observe import Connections
+from aimactl.converge.connections import Connections
 from aimactl.core.desired import HostInfo
 from aimactl.hosts.connector import HostUnreachable, call_helper
 from aimactl.hosts.ssh import HostKeyError, SshConnector, fingerprint

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aimactl.converge.observe import Connections
+from aimactl.converge.connections import Connections
 from aimactl.core.containers import ContainerSpec
 from aimactl.core.desired import HostInfo
 from aimactl.runtimes import RuntimeFailure

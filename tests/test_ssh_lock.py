@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aimactl.converge.observe import Connections
+from aimactl.converge.connections import Connections
 from aimactl.core.desired import HostInfo
 from aimactl.hosts.hostlock import HostLockHeld, HostLocks, host_locks
 from tests.fixtures.sshd import SshHost, SshHosts

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from aimactl.converge.observe import Connections, helper_location, observe
+from aimactl.converge.connections import Connections
+from aimactl.converge.observe import observe
 from aimactl.core.desired import HostInfo
 from aimactl.core.observed import ObservedHost
+from aimactl.helper import helper_location
 from tests.fixtures.sshd import SshHost, SshHosts
 
 pytestmark = pytest.mark.ssh

@@ -16,7 +16,8 @@ from aimactl.cli.stack import Common, load_or_exit
 
 def gather(common: Common) -> list[tuple[str, Any, str | None]]:
     """(host, HostFacts or None, why not) for every host of the manifests (the implicit local host without -f)."""
-    from aimactl.converge.observe import Connections, observe_facts, resolve_hosts
+    from aimactl.converge.connections import Connections, resolve_hosts
+    from aimactl.converge.observe import observe_facts
     from aimactl.core.desired import host_infos
     from aimactl.manifest import Manifests
 

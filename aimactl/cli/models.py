@@ -13,7 +13,7 @@ from aimactl.cli.stack import Common, load_or_exit
 
 
 def _connections(common: Common) -> tuple[object, set[str]]:
-    from aimactl.converge.observe import Connections, resolve_hosts
+    from aimactl.converge.connections import Connections, resolve_hosts
     from aimactl.core.desired import host_infos
     from aimactl.manifest import Manifests
 

@@ -224,7 +224,7 @@ def _print_outcome(outcome: Any, kind: str) -> None:
 
 def _saved_session(path: Path, common: Common) -> Any:
     """A session from a saved plan: its hosts reconnected, its targets re-checked (stale plans are refused)."""
-    from aimactl.converge.observe import Connections
+    from aimactl.converge.connections import Connections
     from aimactl.converge.session import Session, stale_targets
     from aimactl.core.observed import Observed
     from aimactl.core.planfile import PlanFileError, from_dict

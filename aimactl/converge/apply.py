@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aimactl.converge.observe import Connections
+from aimactl.converge.connections import Connections
 from aimactl.converge.readiness import NotReady, wait_ready
 from aimactl.converge.secrets import SecretUnavailable, resolve_env
 from aimactl.core import fleet

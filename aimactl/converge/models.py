@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from aimactl.converge.observe import Connections, model_index_path, read_model_index
+from aimactl.converge.connections import Connections
+from aimactl.converge.observe import model_index_path, read_model_index
 from aimactl.core.models import DesiredModel
 from aimactl.core.observed import Observed
 from aimactl.hosts.connector import HelperError, HostUnreachable, call_helper

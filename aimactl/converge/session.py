@@ -12,7 +12,8 @@ from typing import Any
 
 from aimactl.converge import secrets
 from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, Reporter, StepResult
-from aimactl.converge.observe import Connections, observe, resolve_hosts
+from aimactl.converge.connections import Connections, resolve_hosts
+from aimactl.converge.observe import observe
 from aimactl.core import fleet
 from aimactl.core.desired import build_desired, host_infos, images_of
 from aimactl.core.observed import Observed
