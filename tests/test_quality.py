@@ -69,6 +69,26 @@ def test_docker_and_the_state_db_load_without_their_unused_heavy_extras(tmp_path
     assert out.stdout.splitlines() == ["[]", "later imports work"]
 
 
+def test_paramiko_imports_while_another_thread_loads_docker_without_it() -> None:
+    # An apply may import the Docker SDK (paramiko hidden) on one thread while another first reaches an SSH host.
+    code = (
+        "import threading, time\n"
+        "from aimactl.imports import without\n"
+        "from aimactl.hosts.ssh import import_paramiko\n"
+        "inside = threading.Event()\n"
+        "def docker_import():\n"
+        "    with without('paramiko'):\n"
+        "        inside.set()\n"
+        "        time.sleep(0.3)\n"
+        "t = threading.Thread(target=docker_import)\n"
+        "t.start(); inside.wait()\n"
+        "print(import_paramiko().__name__)\n"
+        "t.join()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "paramiko", out.stderr
+
+
 def test_ruff_is_clean() -> None:
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "aimactl", "tests", "bench", "scripts"], cwd=ROOT,
                             capture_output=True, text=True)

@@ -69,6 +69,17 @@ def parse_address(address: str) -> SshTarget:
     return SshTarget(user or getpass.getuser(), host, port or 22)
 
 
+def import_paramiko() -> Any:
+    """paramiko, imported on first use. paramiko imports `invoke` (0.2-0.5 s: unittest.mock and more) only to run
+    `Match exec` lines of an ssh_config, which aimactl does not follow: it is kept out while paramiko loads (later
+    imports of invoke still work), and the import waits while another thread hides paramiko (the Docker SDK's)."""
+    from aimactl.imports import without
+
+    with without("invoke"):
+        import paramiko
+    return paramiko
+
+
 def fingerprint(key: Any) -> str:
     """OpenSSH's fingerprint of a host key: `SHA256:` and the unpadded base64 of the key blob's digest."""
     digest = hashlib.sha256(key.asbytes()).digest()
@@ -132,14 +143,7 @@ class SshConnector:
         """Open and authenticate the connection; every failure becomes HostUnreachable naming host and reason."""
         import logging
 
-        # paramiko imports `invoke` (0.2-0.5 s: unittest.mock and more) only to run `Match exec` lines of an
-        # ssh_config, which aimactl does not follow: keep it out of every command that reaches an SSH host. The
-        # blocker is only in place while paramiko is imported, so later imports of invoke still work.
-        from aimactl.imports import without
-
-        with without("invoke"):
-            import paramiko
-
+        paramiko = import_paramiko()
         # Failures are reported as one line each; paramiko's own log would add tracebacks on stderr.
         logging.getLogger("paramiko").addHandler(logging.NullHandler())
         client = paramiko.SSHClient()
@@ -167,7 +171,7 @@ class SshConnector:
 
     def _connect_error(self, exc: BaseException, elapsed: float) -> HostUnreachable:
         """A connection failure as one line: timeout, refused, authentication, changed host key ..."""
-        import paramiko
+        paramiko = import_paramiko()
 
         if isinstance(exc, paramiko.BadHostKeyException):
             return HostKeyError(
@@ -251,7 +255,7 @@ class SshConnector:
 
     def exec(self, argv: Sequence[str], timeout: float | None = None) -> Any:
         """Open a channel running `argv` (quoted) and return it: for byte streams such as the Docker socket."""
-        import paramiko
+        paramiko = import_paramiko()
 
         line = command_line(argv)
         for attempt in (1, 2):
@@ -342,7 +346,7 @@ class SshConnector:
         """The connection's SFTP session (callers hold `_sftp_lock`)."""
         transport = self.transport()
         if self._sftp is None or self._sftp.sock.closed or not transport.is_active():
-            import paramiko
+            paramiko = import_paramiko()
 
             try:
                 self._sftp = paramiko.SFTPClient.from_transport(transport)

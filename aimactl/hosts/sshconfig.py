@@ -81,10 +81,9 @@ def _lookup(alias: str, config_text: str | None) -> dict[str, object]:
     """The configuration's options for `alias` (first value wins, as in OpenSSH); empty without a configuration."""
     if not config_text:
         return {}
-    from aimactl.imports import without
+    from aimactl.hosts.ssh import import_paramiko  # without invoke: `Match exec` lines are then refused
 
-    with without("invoke"):  # paramiko.config wants invoke only for `Match exec`, which is then refused
-        import paramiko
+    paramiko = import_paramiko()
 
     try:
         return dict(paramiko.SSHConfig.from_text(config_text).lookup(alias))
