@@ -100,7 +100,7 @@ def _hosts_command(tmp_path: Path, address: str, config: str, extra: str = "") -
     (home / ".ssh" / "config").write_text(config)
     manifest = tmp_path / "hosts.yaml"
     manifest.write_text("apiVersion: aima.dev/v1\nkind: Host\nmetadata: {name: edge}\nspec:\n"
-                        f"  address: '{address}'\n  dataDir: '{tmp_path}/data'\n  python: /usr/bin/python3\n{extra}")
+                        f"  address: '{address}'\n  dataDir: '{tmp_path}/data'\n  python: '{sys.executable}'\n{extra}")
     environ = {**os.environ, "HOME": str(home), "AIMACTL_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1"}
     return subprocess.run([sys.executable, "-m", "aimactl", "hosts", "-f", str(manifest), "-o", "json"],
                           capture_output=True, text=True, env=environ, timeout=120)
