@@ -10,7 +10,6 @@ remote side of an exec channel is a shell. paramiko is imported only when a conn
 from __future__ import annotations
 
 import base64
-import getpass
 import hashlib
 import os
 import posixpath
@@ -21,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from aimactl.hosts import sshconfig
@@ -37,20 +35,6 @@ class HostKeyError(HostUnreachable):
     """The host's key is unknown (not accepted) or changed; the message names the host and the fingerprints."""
 
 
-@dataclass(frozen=True)
-class SshTarget:
-    """Where `ssh://user@host:port` points."""
-
-    user: str
-    host: str
-    port: int
-
-    @property
-    def known_hosts_name(self) -> str:
-        """The name OpenSSH uses in known_hosts: `host` on port 22, `[host]:port` otherwise."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-
 def address_parts(address: str) -> tuple[str | None, str, int | None]:
     """`ssh://user@host:port` as (user, host, port), None for what the address leaves out; ValueError when
     malformed."""
@@ -61,12 +45,6 @@ def address_parts(address: str) -> tuple[str | None, str, int | None]:
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"{address!r}: port {port} is out of range")
     return match["user"], match["host"].strip("[]"), port
-
-
-def parse_address(address: str) -> SshTarget:
-    """`ssh://user@host:port` (user defaults to the local user, port to 22); ValueError when malformed."""
-    user, host, port = address_parts(address)
-    return SshTarget(user or getpass.getuser(), host, port or 22)
 
 
 def import_paramiko() -> Any:
@@ -108,7 +86,7 @@ class SshConnector:
             options = sshconfig.resolve(alias, user, port, self.identity_file, sshconfig.read_config())
         except ValueError as exc:
             raise HostUnreachable(f"host {name} ({address}) is unreachable: {exc}") from None
-        self.target = SshTarget(options.user, options.hostname, options.port)
+        self.target = options
         self.identity_files = options.identity_files
         self.proxy_command = options.proxy_command
         self.known_hosts = os.path.expanduser(known_hosts or options.known_hosts or DEFAULT_KNOWN_HOSTS)
@@ -157,7 +135,7 @@ class SshConnector:
         started = time.monotonic()
         try:
             sock = paramiko.ProxyCommand(self.proxy_command) if self.proxy_command else None
-            client.connect(target.host, port=target.port, username=target.user,
+            client.connect(target.hostname, port=target.port, username=target.user,
                            key_filename=list(self.identity_files) or None, timeout=self.connect_timeout,
                            banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout, allow_agent=True,
                            look_for_keys=not self.identity_files, sock=sock)
@@ -193,7 +171,7 @@ class SshConnector:
         elif isinstance(exc, (socket.timeout, TimeoutError)):
             reason = f"connection timed out after {self.connect_timeout:g} s"
         elif isinstance(exc, socket.gaierror):
-            reason = f"cannot resolve {self.target.host}: {exc.strerror}"
+            reason = f"cannot resolve {self.target.hostname}: {exc.strerror}"
         elif isinstance(exc, FileNotFoundError):
             reason = f"identity file {self._identities()} not found"
         elif isinstance(exc, (OSError, EOFError, paramiko.SSHException)) and elapsed >= self.connect_timeout * 0.9:
@@ -206,7 +184,7 @@ class SshConnector:
 
     def _where(self) -> str:
         via = " through its ProxyCommand" if self.proxy_command else ""
-        return f"{self.target.user}@{self.target.host}:{self.target.port}{via}"
+        return f"{self.target.user}@{self.target.hostname}:{self.target.port}{via}"
 
     def _identities(self) -> str:
         return ", ".join(self.identity_files)
