@@ -13,18 +13,15 @@ import os
 import posixpath
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from aimactl.converge.connections import ENGINE_MODULES, ENGINE_PROGRAMS, Connections
 from aimactl.core.desired import HostInfo
 from aimactl.core.observed import Observed, ObservedHost
 from aimactl.hosts.connector import HostUnreachable
 from aimactl.runtimes import RuntimeFailure
 from aimactl.runtimes.engine_api import DEFAULT_ENDPOINT
 from aimactl.runtimes.process import ProcessRuntime
-
-if TYPE_CHECKING:
-    pass
-from aimactl.converge.connections import ENGINE_MODULES, ENGINE_PROGRAMS, Connections
 
 
 def model_index_path(info: HostInfo) -> str:
@@ -83,8 +80,7 @@ def _remote_batch(connections: Connections, host: str) -> tuple[dict[str, Any], 
     socket = (info.docker or DEFAULT_ENDPOINT).removeprefix("unix://")
     calls = [{"verb": "probe", "params": {"data_dir": info.data_dir, "engine_programs": list(ENGINE_PROGRAMS),
                                           "engine_modules": list(ENGINE_MODULES)}},
-             # ProcessRuntime.list_params, for the runtime's state dir (the runtime itself needs the helper path)
-             {"verb": "proc", "params": {"action": "list", "dir": posixpath.join(info.data_dir, "proc")}},
+             {"verb": "proc", "params": ProcessRuntime.list_params(posixpath.join(info.data_dir, "proc"))},
              {"verb": "stat", "params": {"path": model_index_path(info), "read": True}},
              {"verb": "stat", "params": {"path": socket}}]
     probe, listed, index, docker = connections.helper_batch(host, calls)

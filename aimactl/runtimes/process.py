@@ -73,9 +73,11 @@ class ProcessRuntime:
         state dir, so `host` needs no filter here."""
         return self.stack_processes(self._proc("list"), stack), []
 
-    def list_params(self) -> dict[str, Any]:
-        """The helper's `proc` parameters that list every process (for a batch of helper verbs)."""
-        return {"action": "list", "dir": self.state_dir}
+    @staticmethod
+    def list_params(state_dir: str) -> dict[str, Any]:
+        """The helper's `proc` parameters that list every process of `state_dir` (for a batch of helper verbs,
+        sent before the runtime, which needs the helper's path, exists)."""
+        return {"action": "list", "dir": state_dir}
 
     @staticmethod
     def stack_processes(listed: Any, stack: str) -> list[ObservedContainer]:
