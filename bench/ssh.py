@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from aimactl.hosts.keeper import socket_path  # noqa: E402
 from tests.fixtures.sshd import SshHosts, running_ssh_hosts  # noqa: E402
 
 # The hosts' interpreter for aimactl's helper: a real one. A pyenv shim (`python3` on some machines) is a bash
@@ -35,6 +36,7 @@ PYTHON = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.a
               os.path.realpath(sys.executable))
 SCALING_LIMIT = 2.0  # time(8 hosts) / time(1 host)
 PEER_LIMIT = 0.5  # aimactl / pyinfra
+FIRST = "aimactl first"  # a plan that finds no keeper (the first within AIMACTL_SSH_PERSIST): not a target
 # What aimactl's observation reads on each host, as one shell script (the peer's cheapest way to read it all).
 FACTS = ("nproc; cat /proc/meminfo; df -Pk {d}; nvidia-smi --query-gpu=uuid,memory.total,memory.used "
          "--format=csv,noheader 2>/dev/null; for f in {d}/proc/*.pid; do [ -e \"$f\" ] || continue; cat \"$f\"; "
@@ -118,8 +120,16 @@ def peer_commands(fleet: SshHosts, n: int, data: Path, peers: dict[str, str]) ->
     return {tool: cmd for tool, cmd in commands.items() if tool in peers}
 
 
+def stop_keeper(env: dict[str, str]) -> None:
+    """Make the next plan find no keeper: remove its socket and give it the second it takes to notice and leave."""
+    path = socket_path(env)
+    if path and os.path.exists(path):
+        os.unlink(path)
+        time.sleep(1.5)
+
+
 def bench_size(fleet: SshHosts, n: int, repeat: int, tmp: Path, aimactl: str, peers: dict[str, str],
-               env: dict[str, str], parallelism: int | None) -> dict[str, list[float]]:
+               env: dict[str, str], parallelism: int | None, keeps: bool) -> dict[str, list[float]]:
     """Converge the stack on n hosts, then time plan and each peer `repeat` times each, interleaved."""
     data = tmp / f"n{n}"
     data.mkdir()
@@ -132,10 +142,14 @@ def bench_size(fleet: SshHosts, n: int, repeat: int, tmp: Path, aimactl: str, pe
     check(applied, f"aimactl apply on {n} hosts")
     for tool, cmd in tools.items():  # warm-up, unmeasured
         check(run(cmd, stack_env)[1], f"{tool} (warm-up)")
+    if keeps:  # also time the plan that finds no keeper yet: it starts one and connects (once per 60 s)
+        tools = {"aimactl": plan, FIRST: plan, **{t: c for t, c in tools.items() if t != "aimactl"}}
     times: dict[str, list[float]] = {tool: [] for tool in tools}
     for r in range(repeat):
         shown = []
         for tool, cmd in tools.items():
+            if tool == FIRST:
+                stop_keeper(stack_env)
             seconds, done = run(cmd, stack_env)
             check(done, f"{tool} on {n} hosts")
             times[tool].append(seconds)
@@ -149,13 +163,14 @@ def table(results: dict[int, dict[str, list[float]]]) -> list[str]:
     """Print medians side by side, aimactl's ratio to each peer, and the verdicts; returns the verdict lines."""
     med = {n: {tool: statistics.median(v) for tool, v in times.items()} for n, times in results.items()}
     first = min(med)
-    peers = [tool for tool in next(iter(med.values())) if tool != "aimactl"]
-    header = f"{'hosts':>5}{'aimactl plan (s)':>18}"
+    peers = [tool for tool in next(iter(med.values())) if tool not in ("aimactl", FIRST)]
+    first_plan = FIRST in next(iter(med.values()))
+    header = f"{'hosts':>5}{'aimactl plan (s)':>18}" + (f"{'first plan (s)':>16}" if first_plan else "")
     for peer in peers:
         header += f"{f'{peer} (s)':>14}{f'aimactl/{peer}':>17}"
     print("\n" + header + f"{f'aimactl vs {first} host':>20}")
     for n, m in med.items():
-        row = f"{n:>5}{m['aimactl']:>18.3f}"
+        row = f"{n:>5}{m['aimactl']:>18.3f}" + (f"{m[FIRST]:>16.3f}" if first_plan else "")
         for peer in peers:
             row += f"{m[peer]:>14.3f}{m['aimactl'] / m[peer]:>16.2f}x"
         print(row + f"{m['aimactl'] / med[first]['aimactl']:>19.2f}x")
@@ -181,6 +196,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per tool and size (the median is shown)")
     parser.add_argument("--parallelism", type=int, default=None,
                         help="aimactl --parallelism (default: aimactl's own default)")
+    parser.add_argument("--no-keep", action="store_true",
+                        help="aimactl without its kept connections (AIMACTL_SSH_PERSIST=0): every plan connects "
+                             "and starts the helper afresh, as every pyinfra run does")
     parser.add_argument("--no-control-persist", action="store_true",
                         help="Ansible without its OpenSSH ControlPersist (default: as shipped, which keeps each "
                              "host's connection open 60 s between runs)")
@@ -216,12 +234,18 @@ def main() -> int:
             env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pyc"  # every tool gets a bytecode cache, as installs have
         # Ansible as shipped (its OpenSSH ControlPersist included), its state in the run's own directory.
         env.update(ANSIBLE_HOME=f"{tmp}/ansible", ANSIBLE_HOST_KEY_CHECKING="True", LC_ALL="C.UTF-8")
-        if args.no_control_persist:  # every Ansible run connects afresh, as every aimactl and pyinfra run does
+        if args.no_control_persist:  # every Ansible run connects afresh, as every pyinfra run does
             env["ANSIBLE_SSH_ARGS"] = "-C -o ControlMaster=no"
+        # aimactl's keeper (kept connections, hosts/keeper.py) in the run's own directory, gone with it.
+        os.makedirs(f"{tmp}/run", mode=0o700)
+        env["XDG_RUNTIME_DIR"] = f"{tmp}/run"
+        if args.no_keep:
+            env["AIMACTL_SSH_PERSIST"] = "0"
         print("machine:", machine(peers))
         print(f"hosts: {', '.join(f'{h.name}={h.address}:{h.port}' for h in fleet.hosts)}", flush=True)
         for n in sizes:
-            results[n] = bench_size(fleet, n, args.repeat, Path(tmp), aimactl, peers, env, args.parallelism)
+            results[n] = bench_size(fleet, n, args.repeat, Path(tmp), aimactl, peers, env, args.parallelism,
+                                    not args.no_keep)
     table(results)
     print(f"\nload average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} CPUs (other work on the machine makes the medians noisy)")

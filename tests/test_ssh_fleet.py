@@ -39,8 +39,11 @@ class Fleet:
         docker = {"edge-1": engine.socket_path, "edge-2": str(tmp / "no-docker.sock")}  # type: ignore[attr-defined]
         self.hosts = "---\n".join(fleet.host_manifest(h, self.data[h.name], docker[h.name], known_hosts)
                                   for h in fleet.hosts)
+        # A keeper of its own (XDG_RUNTIME_DIR): the logins counted are this test's alone.
+        (tmp / "run").mkdir(mode=0o700, exist_ok=True)
         self.env = {**os.environ, "AIMACTL_STATE_DIR": str(tmp / "state"), "AIMACTL_STACK": self.stack,
-                    "NO_COLOR": "1", "DOCKER_HOST": f"unix://{tmp}/controller-has-no-docker.sock"}
+                    "NO_COLOR": "1", "DOCKER_HOST": f"unix://{tmp}/controller-has-no-docker.sock",
+                    "XDG_RUNTIME_DIR": str(tmp / "run")}
         self.manifest = tmp / "stack.yaml"
 
     def write(self, workloads: str) -> Path:
@@ -142,8 +145,9 @@ def test_a_stack_over_two_ssh_hosts_applies_then_plans_empty(ssh_hosts: SshHosts
         logins = {h.name: _logins(h) for h in ssh_hosts.hosts}
         applied = fleet.run("apply", "-f", str(manifest), "--auto-approve")
         assert applied.returncode == 0, applied.stdout + applied.stderr
-        # One SSH connection per host for the whole command (preview plan, plan under the lock, apply, Docker).
-        assert {h.name: _logins(h) - logins[h.name] for h in ssh_hosts.hosts} == {"edge-1": 1, "edge-2": 1}
+        # One SSH connection per host for the whole command (preview plan, plan under the lock, apply, Docker),
+        # and one that the keeper opens and keeps for the next commands' observations (hosts/keeper.py).
+        assert {h.name: _logins(h) - logins[h.name] for h in ssh_hosts.hosts} == {"edge-1": 2, "edge-2": 2}
         assert b"root:x:0:0" in (http_get(f"http://127.0.0.2:{web_port}/passwd") or b"")  # Docker on edge-1
         assert http_get(f"http://127.0.0.3:{api_port}/hostname") == Path("/etc/hostname").read_bytes()  # edge-2
 

@@ -25,6 +25,7 @@ from aimactl.runtimes.process import ProcessRuntime
 
 if TYPE_CHECKING:
     from aimactl.hosts.forward import SocketForwarder
+    from aimactl.hosts.keeper import KeeperClient
     from aimactl.hosts.ssh import SshConnector
 
 
@@ -82,10 +83,14 @@ class Connections:
     is resolved against the remote home when the host is first reached, in `hosts` too.
     """
 
-    def __init__(self, hosts: Mapping[str, HostInfo], environ: Mapping[str, str], accept_new_host_keys: bool = False):
+    def __init__(self, hosts: Mapping[str, HostInfo], environ: Mapping[str, str], accept_new_host_keys: bool = False,
+                 persist: float = 0.0):
         self.hosts = dict(hosts)
         self.environ = environ
         self.accept_new_host_keys = accept_new_host_keys
+        self.persist = persist  # > 0: observe SSH hosts through the keeper's kept connections (hosts/keeper.py)
+        self._keeper: KeeperClient | None = None
+        self._homes: dict[str, str] = {}  # SSH hosts' home directories, told by their helpers
         self._runtimes: dict[tuple[str, str], Any] = {}
         self._connectors: dict[str, SshConnector] = {}
         self._helpers: dict[str, str] = {}
@@ -125,6 +130,8 @@ class Connections:
                     parked, helper = _PARKED.pop(self._ssh_key(host), (None, None))
                 self._connectors[host] = parked or SshConnector(host, info.address, info.identity_file,
                                                                 info.known_hosts, self.accept_new_host_keys)
+                if host in self._homes:
+                    self._connectors[host].learn_home(self._homes[host])
                 if helper:
                     self._parked_helpers[host] = helper
             connector = self._connectors[host]
@@ -167,6 +174,9 @@ class Connections:
         from aimactl.helper import MISSING, Bootstrapped
         from aimactl.hosts.connector import HelperError, call_helper
 
+        kept = self._kept_batch(host, calls)
+        if kept is not None:
+            return kept
         connector = self._ssh_connector(host)
         if self.hosts[host].python.startswith("~/"):
             self.connector(host)  # the interpreter is argv[0]: its `~` must be resolved before (SFTP)
@@ -191,6 +201,55 @@ class Connections:
         results: list[dict[str, Any]] = answer["results"]
         return results
 
+    def _kept_batch(self, host: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The batch through the keeper's kept connection and serving helper, or None when it cannot answer (no
+        keeper, or the helper is not on the host yet): the caller then reaches the host itself. An unreachable
+        host or a refused host key is reported as the direct connection would."""
+        from aimactl.hosts.keeper import KeeperError
+        from aimactl.hosts.ssh import HostKeyError
+
+        keeper = self._keeper_client()
+        info = self.hosts[host]
+        if keeper is None or info.python.startswith("~/"):
+            return None
+        path = self._helpers.get(host) or helper_location(info.data_dir)
+        request = {"name": host, "address": info.address, "identity_file": info.identity_file,
+                   "known_hosts": info.known_hosts, "accept_new": self.accept_new_host_keys}
+        try:
+            answer = keeper.batch(request, info.python, path, calls)
+        except KeeperError as exc:
+            if exc.kind == "host-key":
+                raise HostKeyError(exc.message) from None
+            if exc.kind == "unreachable":
+                raise HostUnreachable(exc.message) from None
+            if exc.kind == "helper" and exc.code != "helper-missing":
+                raise RuntimeFailure(exc.message) from None
+            return None  # no helper there yet (the direct path uploads it), or the keeper failed
+        if answer is None:
+            return None
+        home = str(answer.get("home") or "")
+        if home.startswith("/"):
+            self._homes[host] = home
+            self.hosts[host] = dataclasses.replace(info, data_dir=_at_home(info.data_dir, home),
+                                                   python=_at_home(info.python, home))
+        results: list[dict[str, Any]] = answer["results"]
+        return results
+
+    def _keeper_client(self) -> KeeperClient | None:
+        """The way to this user's keeper (None when connections are not kept or no private socket can be had)."""
+        if self.persist <= 0:
+            return None
+        with self._lock:
+            if self._keeper is None:
+                from aimactl.hosts.keeper import KeeperClient, socket_path
+
+                path = socket_path(self.environ)
+                if path is None:
+                    self.persist = 0.0
+                    return None
+                self._keeper = KeeperClient(path, self.persist)
+            return self._keeper
+
     def _resolve_quietly(self, host: str) -> None:
         """Resolve `~` in a host's paths over SFTP when its helper could not answer (no python there, say): the
         plan still names that host's paths as they are there."""
@@ -203,6 +262,14 @@ class Connections:
         """Record whether an SSH host's Docker socket exists (from its batch): its forwarder then dials without
         asking over SFTP first."""
         self._sockets[host] = exists
+
+    def docker_absent(self, host: str) -> str | None:
+        """Why an SSH host's Docker engine cannot be used when its batch said the socket is not there (the same
+        words as a failed dial), else None."""
+        if self._sockets.get(host) is not False:
+            return None
+        remote = (self.hosts[host].docker or DEFAULT_ENDPOINT).removeprefix("unix://")
+        return f"Docker engine at {remote} on host {host} is unavailable: {_no_socket(remote)}"
 
     def _host_lock(self, host: str) -> threading.RLock:
         with self._lock:
@@ -234,7 +301,7 @@ class Connections:
                 if not seen:
                     known = self._sockets.get(host)
                     if not (connector.exists(remote) if known is None else known):
-                        raise OSError(f"cannot connect to {remote}: No such file or directory")
+                        raise OSError(_no_socket(remote))
                     seen.append(True)
                 return connector.exec([python, helper, "dial", remote])
 
@@ -291,3 +358,12 @@ class Connections:
                 connector.close()
         self._connectors.clear()
         self._helpers.clear()
+
+
+def _at_home(path: str, home: str) -> str:
+    """`~` and `~/...` in an SSH host's path resolved against its home."""
+    return home + path[1:] if path == "~" or path.startswith("~/") else path
+
+
+def _no_socket(remote: str) -> str:
+    return f"cannot connect to {remote}: No such file or directory"

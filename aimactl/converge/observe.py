@@ -138,6 +138,10 @@ def _observe_remote(connections: Connections, stack: str, host: str, images: Ite
     seen.facts, seen.facts_error = observe_facts(connections, host, lambda: _answer(probe))
     _learn_engines(connections, host, probe)
     seen.models = _model_index(connections, host, index)
+    absent = connections.docker_absent(host)
+    if absent:  # told by the batch: no need to connect to the host for an engine that is not there
+        seen.docker_error = absent
+        return seen
     managed, seen.others, seen.image_ids, seen.docker_error = _observe_docker(connections, host, stack, images)
     seen.containers += managed
     return seen

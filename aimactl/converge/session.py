@@ -15,7 +15,7 @@ from aimactl.converge.apply import DONE, FAILED, SKIPPED, UNCHANGED, Executor, R
 from aimactl.converge.connections import Connections, resolve_hosts
 from aimactl.converge.observe import observe
 from aimactl.core import fleet
-from aimactl.core.desired import build_desired, host_infos, images_of
+from aimactl.core.desired import HostInfo, build_desired, host_infos, images_of
 from aimactl.core.observed import Observed
 from aimactl.core.plan import Plan, PlanOptions, plan
 from aimactl.core.planfile import to_dict
@@ -49,7 +49,7 @@ def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str,
     resources = manifests.resources
     native = any(r.kind == "Service" and r.spec.runtime == "process" and r.spec.engine != "custom" for r in resources)
     hosts = resolve_hosts(host_infos(resources), engine_facts=native)
-    connections = Connections(hosts, environ, accept_new_host_keys)
+    connections = Connections(hosts, environ, accept_new_host_keys, ssh_persist(environ, hosts))
     observed = observe(connections, options.stack, images_of(resources), parallelism)
     observed.model_weights = model_weights(resources, hosts)
     digests = secrets.digests(options.stack, secrets.secret_sources_in(resources), environ)
@@ -66,6 +66,19 @@ def plan_stack(manifests: Manifests, options: PlanOptions, environ: Mapping[str,
 
         observe_pulled(connections, desired.models, observed)
     return Session(options.stack, plan(desired, observed, options), observed, connections, manifests.sources)
+
+
+def ssh_persist(environ: Mapping[str, str], hosts: Mapping[str, HostInfo]) -> float:
+    """How long SSH connections are kept after this command (AIMACTL_SSH_PERSIST, hosts/keeper.py); 0 for a
+    stack without SSH hosts. A malformed value is a RuntimeFailure naming the variable."""
+    if all(info.address == "local" for info in hosts.values()):
+        return 0.0
+    from aimactl.hosts.keeper import persist_seconds
+
+    try:
+        return persist_seconds(environ)
+    except ValueError as exc:
+        raise RuntimeFailure(str(exc)) from None
 
 
 def stale_targets(session: Session) -> list[str]:

@@ -5,7 +5,7 @@ Run as ``python3 aimahelper.py VERB`` or ``python3 -c "<this source>" VERB``. Th
 stdin; the output is JSON lines on stdout: zero or more ``{"event": ...}`` lines, then exactly one final line,
 ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {"code": ..., "message": ...}}``. The exit code is 0
 when ok and 1 otherwise. Verbs: fetch, verify, cache, proc, probe, lock,
-unlock, stat, batch (and dial). Standard library only, python3 >= 3.8, never a
+unlock, stat, batch (and dial, serve). Standard library only, python3 >= 3.8, never a
 shell.
 The protocol is specified in specs/helper.md of the aimactl repository.
 """
@@ -1119,6 +1119,29 @@ VERBS = {"fetch": verb_fetch, "verify": verb_verify, "cache": verb_cache, "proc"
          "lock": verb_lock, "unlock": verb_unlock, "stat": verb_stat, "batch": verb_batch}
 
 
+def serve() -> int:
+    """Answer `batch` requests, one JSON object per line on stdin, one answer line each, until stdin ends.
+
+    A controller that keeps its SSH connection between commands (the keeper) keeps this running, so that
+    observing the host costs no login shell and no Python start. Only `batch` is served: it is read-only, and
+    every verb that changes the host keeps its own command with its own progress stream.
+    """
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or request.get("verb") != "batch":
+                raise HelperError("invalid-input", "serve answers {\"verb\": \"batch\", \"params\": {...}} only")
+            params = request.get("params")
+            if not isinstance(params, dict):
+                raise HelperError("invalid-input", "params must be a JSON object")
+            emit({"ok": True, "result": verb_batch(params)})
+        except HelperError as exc:
+            emit({"ok": False, "error": dict(exc.details, code=exc.code, message=exc.message)})
+        except ValueError as exc:
+            emit({"ok": False, "error": {"code": "invalid-input", "message": f"not JSON: {exc}"}})
+    return 0
+
+
 def read_input() -> dict:
     text = sys.stdin.read() if sys.stdin is not None else ""
     try:
@@ -1136,6 +1159,8 @@ def main(argv: list) -> int:
         verb = argv[1] if len(argv) > 1 else ""
         if verb == "dial":
             return dial(argv[2:])
+        if verb == "serve":
+            return serve()
         if verb not in VERBS:
             raise HelperError("unknown-verb", f"unknown verb {verb!r} ({', '.join(sorted(VERBS))})")
         result = VERBS[verb](read_input())

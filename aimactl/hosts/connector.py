@@ -75,9 +75,13 @@ def call_helper(connector: Connector, python: str, helper_path: str, verb: str, 
             final = message
     done = wait()
     if final is None:
-        raise HelperError("no-answer", f"the helper on {connector.name} gave no answer (exit {done.returncode}): "
-                          f"{done.stderr.strip()[-500:]}")
+        raise HelperError("no-answer", no_answer(connector.name, done.returncode, done.stderr))
     if not final["ok"]:
         error = final.get("error") or {}
         raise HelperError(str(error.get("code", "error")), str(error.get("message", "unknown error")))
     return final.get("result")
+
+
+def no_answer(host: str, returncode: int, stderr: str) -> str:
+    """What a helper that ended without its final line is reported as: the exit status and stderr's end."""
+    return f"the helper on {host} gave no answer (exit {returncode}): {stderr.strip()[-500:]}"

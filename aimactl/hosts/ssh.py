@@ -117,6 +117,17 @@ class SshConnector:
             _tcp_keepalive(transport.sock)
             return transport
 
+    def alive(self) -> bool:
+        """Whether the connection is open and active (nothing is connected by asking)."""
+        with self._lock:
+            transport = self._client.get_transport() if self._client is not None else None
+            return transport is not None and transport.is_active()
+
+    def server_key(self) -> Any:
+        """The host key the open connection was made with, or None when not connected."""
+        with self._lock:
+            return self._client.get_transport().get_remote_server_key() if self.alive() else None
+
     def _connect(self) -> Any:
         """Open and authenticate the connection; every failure becomes HostUnreachable naming host and reason."""
         import logging

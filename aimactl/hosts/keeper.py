@@ -1,0 +1,186 @@
+"""SSH connections kept between commands: aimactl's ControlPersist.
+
+Observing an SSH host costs a connection (key exchange, authentication), a login shell (sshd runs the user's
+shell for every command) and a Python start for the helper, each time `aimactl plan` runs. The keeper is a small
+background process of the controller's user that holds each host's connection, and on it one helper running
+`serve`, for `AIMACTL_SSH_PERSIST` seconds after its last use (default 60; 0 turns it off). A command then sends
+its observation batch to the keeper over a unix socket and gets the answer in one round trip.
+
+What it keeps is what a command would open itself, with the same code (`SshConnector`): strict host keys, the
+same errors. A kept connection is re-checked against known_hosts before each use, so a key removed from the file
+is not trusted on. Only the read-only observation goes through it; every change to a host is made by the command
+over its own connection. The socket lives in a 0700 directory of the user (`$XDG_RUNTIME_DIR/aimactl-UID`, else
+the temporary directory), named after this aimactl's code, its interpreter and the user's SSH environment; on
+Linux the keeper also checks that each caller is the same user. It exits when it was idle for the persist time,
+when none of its connections is alive, or when its socket file is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+PERSIST_ENV = "AIMACTL_SSH_PERSIST"
+DEFAULT_PERSIST_S = 60.0
+START_TIMEOUT_S = 5.0
+ANSWER_TIMEOUT_S = 90.0  # a host's batch answers within 60 s (the direct path's limit), or it is unreachable
+MAX_REQUEST = 16 * 1024 * 1024
+
+
+def persist_seconds(environ: Mapping[str, str]) -> float:
+    """How long kept connections stay after their last use: AIMACTL_SSH_PERSIST in seconds (0: not kept)."""
+    value = environ.get(PERSIST_ENV, "").strip()
+    if not value:
+        return DEFAULT_PERSIST_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{PERSIST_ENV}={value!r} is not a number of seconds (0 turns kept connections off)") \
+            from None
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"{PERSIST_ENV}={value!r} must be 0 or more seconds")
+    return seconds
+
+
+def socket_path(environ: Mapping[str, str]) -> str | None:
+    """Where this aimactl's keeper listens, or None when no private directory can be had (then nothing is
+    kept). One keeper per code version, interpreter and SSH environment (HOME, SSH_AUTH_SOCK)."""
+    base = environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    directory = os.path.join(base, f"aimactl-{os.getuid()}")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None  # someone else's, or open to others: a socket there could be impersonated
+    return os.path.join(directory, f"keeper-{_code_digest(environ)}.sock")
+
+
+def _code_digest(environ: Mapping[str, str]) -> str:
+    """A digest of what a keeper must share with its callers: its code, the helper it runs, the interpreter and
+    the environment an SSH connection is made in."""
+    from aimactl.helper import helper_location
+
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("keeper.py", "keeperd.py", "ssh.py", "sshconfig.py", "connector.py"):
+        with open(os.path.join(here, name), "rb") as handle:
+            digest.update(handle.read())
+    for part in (sys.executable, helper_location("/"), environ.get("HOME", ""), environ.get("SSH_AUTH_SOCK", "")):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+class KeeperError(Exception):
+    """The keeper answered a failure: `kind` is host-key, unreachable, helper (with `code`) or internal."""
+
+    def __init__(self, kind: str, message: str, code: str = ""):
+        super().__init__(message)
+        self.kind, self.message, self.code = kind, message, code
+
+
+class KeeperClient:
+    """A command's way to the keeper: starts it when none listens, then one request per connection."""
+
+    def __init__(self, path: str, persist: float):
+        self.path = path
+        self.persist = persist
+        self._start_lock = threading.Lock()
+
+    def batch(self, host: dict[str, Any], python: str, helper: str, calls: list[dict[str, Any]]) -> Any:
+        """The helper's batch answer from `host` (name, address, identity_file, known_hosts, accept_new) through
+        the keeper; None when no keeper could be reached (the caller then goes to the host itself). A failure
+        on the host's side raises KeeperError."""
+        request = {"op": "batch", "host": host, "python": python, "helper": helper, "calls": calls,
+                   "persist": self.persist}
+        client = self._connect()
+        if client is None:
+            return None
+        with client:
+            try:
+                client.settimeout(ANSWER_TIMEOUT_S)
+                client.sendall(json.dumps(request).encode() + b"\n")
+                line = client.makefile("rb").readline(MAX_REQUEST)
+            except OSError:
+                return None
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            return None  # the keeper went away mid-answer: ask the host directly
+        if answer.get("ok"):
+            return answer["result"]
+        error = answer.get("error") or {}
+        raise KeeperError(str(error.get("kind", "internal")), str(error.get("message", "")), str(error.get("code", "")))
+
+    def _connect(self) -> socket.socket | None:
+        """A connection to the keeper, starting one (once per command) when none answers."""
+        client = _dial(self.path)
+        if client is not None:
+            return client
+        with self._start_lock:
+            client = _dial(self.path)
+            if client is not None:
+                return client
+            if not _start(self.path, self.persist):
+                return None
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                client = _dial(self.path)
+                if client is not None:
+                    return client
+                time.sleep(0.01)
+        return None
+
+
+def _dial(path: str) -> socket.socket | None:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(path)
+    except OSError:
+        client.close()
+        return None
+    return client
+
+
+def _start(path: str, persist: float) -> bool:
+    """Start a keeper in the background, detached from this command (its own session, no inherited streams,
+    its errors in keeper.log beside the socket)."""
+    log = os.path.join(os.path.dirname(path), "keeper.log")
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as errors:
+            starter = subprocess.Popen([sys.executable, "-m", "aimactl.hosts.keeper", path, repr(persist)],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                                       start_new_session=True, close_fds=True)
+        return starter.wait(START_TIMEOUT_S) == 0  # it forks the keeper and returns: no zombie left behind
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def main(argv: list[str]) -> int:
+    """`python -m aimactl.hosts.keeper SOCKET PERSIST`: fork the keeper into the background and return."""
+    path, persist = argv[1], float(argv[2])
+    if os.fork() != 0:
+        return 0
+    from aimactl.hosts.keeperd import Keeper
+
+    try:
+        Keeper(path, persist).run()
+    finally:
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
