@@ -106,8 +106,13 @@ def test_a_kept_connection_is_not_trusted_once_its_key_leaves_known_hosts(ssh_ho
                                                                          tmp_path: Path) -> None:
     cli, _, _ = kept
     assert cli("plan").returncode == 0
-    (tmp_path / "known_hosts").write_text("")
-    refused = cli("plan")
+    known = tmp_path / "known_hosts"
+    trusted = known.read_text()
+    known.write_text("")
+    try:
+        refused = cli("plan")
+    finally:
+        known.write_text(trusted)  # for the fixture's destroy
     assert refused.returncode == 1, refused.stdout + refused.stderr
     out = refused.stdout + refused.stderr
     assert "unknown host key" in out and "SHA256:" in out and "edge-1" in out, out

@@ -344,11 +344,41 @@ def main() -> None:
     """Entry point: run the CLI, turning unexpected failures into one clear line instead of a traceback."""
     try:
         app()
+    except SystemExit as exc:
+        code = exc.code
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
-        sys.exit(130)
+        code = 130
     except Exception as exc:  # noqa: BLE001 - the last guard; details with AIMACTL_DEBUG=1
         if os.environ.get("AIMACTL_DEBUG"):
             raise
         sys.stderr.write(f"Error: {type(exc).__name__}: {exc}\n(set AIMACTL_DEBUG=1 to see the traceback)\n")
-        sys.exit(1)
+        code = 1
+    else:
+        code = 0
+    exit_now(code)
+
+
+def exit_now(code: int | str | None) -> None:
+    """End the process with `code` once nothing is left to do, without the interpreter's teardown.
+
+    Tearing down the ~700 modules a plan loads takes 0.05-0.1 s, a fifth of a no-op plan. What exit must still
+    do is done first: the atexit handlers (connections closed, logs flushed) and the output flushed. When a
+    thread other than daemons is still running, the process exits the usual way and waits for it.
+    """
+    import atexit
+    import threading
+
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if busy:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    if isinstance(code, str):
+        sys.stderr.write(code + "\n")
+        code = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 1  # as the interpreter: output that could not be written is a failure (EPIPE included)
+    os._exit(code or 0)

@@ -77,7 +77,9 @@ def _code_digest(environ: Mapping[str, str]) -> str:
     for name in ("keeper.py", "keeperd.py", "ssh.py", "sshconfig.py", "connector.py"):
         with open(os.path.join(here, name), "rb") as handle:
             digest.update(handle.read())
-    for part in (sys.executable, helper_location("/"), environ.get("HOME", ""), environ.get("SSH_AUTH_SOCK", "")):
+    # The environment (sys.prefix) and the interpreter behind it: `python` and `python3` are one.
+    interpreter = (sys.prefix, os.path.realpath(sys.executable))
+    for part in (*interpreter, helper_location("/"), environ.get("HOME", ""), environ.get("SSH_AUTH_SOCK", "")):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
