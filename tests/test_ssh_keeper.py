@@ -18,16 +18,19 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aimactl.hosts.keeper import socket_path
-from tests.fixtures import wait_until
+from tests.fixtures import free_port, wait_until
 from tests.fixtures.sshd import SshHost, SshHosts
 
 pytestmark = pytest.mark.ssh
 PYTHON = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), sys.executable)
 Cli = Callable[..., subprocess.CompletedProcess[str]]
+BUSY = "aima-test/busybox:latest"
+HTTPD = '["sh", "-c", "trap \'exit 0\' TERM; httpd -f -p 8080 -h /etc & wait"]'
 
 
 def _logins(host: SshHost) -> int:
@@ -156,3 +159,64 @@ def test_no_keeper_socket_in_a_directory_others_can_enter(tmp_path: Path) -> Non
     assert socket_path({"XDG_RUNTIME_DIR": str(run)}) is None
     os.chmod(run / f"aimactl-{os.getuid()}", 0o700)
     assert str(socket_path({"XDG_RUNTIME_DIR": str(run)})).startswith(str(run / f"aimactl-{os.getuid()}" / "keeper-"))
+
+
+def _docker_stack(ssh_hosts: SshHosts, engine: Any, tmp_path: Path, docker: str, port: int) -> Cli:
+    """A Host whose Docker engine is `docker` and one busybox httpd App on it; returns the CLI for it."""
+    host, data = ssh_hosts.by_name("edge-1"), tmp_path / "data"
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(ssh_hosts.host_manifest(host, data, docker, extra=f"  python: {PYTHON}\n")
+                        + "---\napiVersion: aima.dev/v1\nkind: App\nmetadata: {name: web}\nspec:\n  host: edge-1\n"
+                        f"  image: {BUSY}\n  command: {HTTPD}\n  ports: ['{port}:8080']\n")
+    (tmp_path / "run").mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "AIMACTL_STATE_DIR": str(tmp_path / "state"), "AIMACTL_STACK": "k" + uuid.uuid4().hex[:8],
+           "NO_COLOR": "1", "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+           "XDG_RUNTIME_DIR": str(tmp_path / "run"), "AIMACTL_SSH_PERSIST": "60"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aimactl", *args, "-f", str(manifest)], env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    return cli
+
+
+def test_docker_on_a_kept_host_is_read_through_the_keeper(ssh_hosts: SshHosts, docker_engine: Any,
+                                                           tmp_path: Path) -> None:
+    host = ssh_hosts.by_name("edge-1")
+    cli = _docker_stack(ssh_hosts, docker_engine, tmp_path, docker_engine.socket_path, free_port())
+    try:
+        applied = cli("apply", "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert cli("plan", "--detailed-exitcode").returncode == 0
+        before = _logins(host)
+        planned = cli("plan", "--detailed-exitcode")
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        assert _logins(host) == before, "the containers were read through the keeper: no login"
+
+        client = docker_engine.client()
+        try:
+            (container,) = client.containers.list(filters={"name": "-web-0"})
+            container.remove(force=True)  # behind aimactl's back
+        finally:
+            client.close()
+        gone = cli("plan", "--detailed-exitcode")
+        assert gone.returncode == 2 and "app.web" in gone.stdout, gone.stdout + gone.stderr
+        assert _logins(host) == before
+    finally:
+        cli("destroy", "--auto-approve")
+
+
+def test_an_engine_socket_the_host_cannot_reach_is_named_through_the_keeper(ssh_hosts: SshHosts,
+                                                                           docker_engine: Any,
+                                                                           tmp_path: Path) -> None:
+    not_a_socket = tmp_path / "engine.sock"
+    not_a_socket.write_text("a file, not a socket")
+    cli = _docker_stack(ssh_hosts, docker_engine, tmp_path, str(not_a_socket), free_port())
+    cli("plan")  # the first contact uploads the helper over the command's own connection
+    before = _logins(ssh_hosts.by_name("edge-1"))
+    planned = cli("plan")
+    assert _logins(ssh_hosts.by_name("edge-1")) == before, "this plan went through the keeper"
+    out = planned.stdout + planned.stderr
+    assert planned.returncode == 1, out
+    assert f"Docker engine at {not_a_socket} on host edge-1 is unavailable: cannot connect to {not_a_socket}" in out
+    assert "Traceback" not in out

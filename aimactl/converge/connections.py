@@ -12,7 +12,7 @@ import dataclasses
 import os
 import posixpath
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aimactl.core.desired import HostInfo
@@ -91,6 +91,7 @@ class Connections:
         self.persist = persist  # > 0: observe SSH hosts through the keeper's kept connections (hosts/keeper.py)
         self._keeper: KeeperClient | None = None
         self._homes: dict[str, str] = {}  # SSH hosts' home directories, told by their helpers
+        self._kept: set[str] = set()  # SSH hosts observed through the keeper
         self._runtimes: dict[tuple[str, str], Any] = {}
         self._connectors: dict[str, SshConnector] = {}
         self._helpers: dict[str, str] = {}
@@ -206,25 +207,18 @@ class Connections:
         keeper, or the helper is not on the host yet): the caller then reaches the host itself. An unreachable
         host or a refused host key is reported as the direct connection would."""
         from aimactl.hosts.keeper import KeeperError
-        from aimactl.hosts.ssh import HostKeyError
 
         keeper = self._keeper_client()
         info = self.hosts[host]
         if keeper is None or info.python.startswith("~/"):
             return None
         path = self._helpers.get(host) or helper_location(info.data_dir)
-        request = {"name": host, "address": info.address, "identity_file": info.identity_file,
-                   "known_hosts": info.known_hosts, "accept_new": self.accept_new_host_keys}
         try:
-            answer = keeper.batch(request, info.python, path, calls)
+            answer = keeper.batch(self._keeper_host(host), info.python, path, calls)
         except KeeperError as exc:
-            if exc.kind == "host-key":
-                raise HostKeyError(exc.message) from None
-            if exc.kind == "unreachable":
-                raise HostUnreachable(exc.message) from None
-            if exc.kind == "helper" and exc.code != "helper-missing":
-                raise RuntimeFailure(exc.message) from None
-            return None  # no helper there yet (the direct path uploads it), or the keeper failed
+            if exc.kind == "helper" and exc.code == "helper-missing" or exc.kind == "internal":
+                return None  # no helper there yet (the direct path uploads it), or the keeper failed
+            raise _from_keeper(exc) from None
         if answer is None:
             return None
         home = str(answer.get("home") or "")
@@ -232,8 +226,29 @@ class Connections:
             self._homes[host] = home
             self.hosts[host] = dataclasses.replace(info, data_dir=_at_home(info.data_dir, home),
                                                    python=_at_home(info.python, home))
+            self._kept.add(host)  # its helper is there: Docker reads may go through the keeper too
         results: list[dict[str, Any]] = answer["results"]
         return results
+
+    def _keeper_host(self, host: str) -> dict[str, Any]:
+        """What the keeper needs to reach a Host as this command would."""
+        info = self.hosts[host]
+        return {"name": host, "address": info.address, "identity_file": info.identity_file,
+                "known_hosts": info.known_hosts, "accept_new": self.accept_new_host_keys}
+
+    def _kept_dial(self, host: str, remote: str) -> Any:
+        """A stream to the host's Docker socket through the keeper, or None when the keeper cannot give one."""
+        from aimactl.hosts.keeper import KeeperError
+
+        keeper, info = self._keeper_client(), self.hosts[host]
+        if keeper is None:
+            return None
+        try:
+            return keeper.dial(self._keeper_host(host), info.python, helper_location(info.data_dir), remote)
+        except KeeperError as exc:
+            if exc.kind == "internal":
+                return None
+            raise _from_keeper(exc) from None
 
     def _keeper_client(self) -> KeeperClient | None:
         """The way to this user's keeper (None when connections are not kept or no private socket can be had)."""
@@ -292,23 +307,40 @@ class Connections:
             if "://" in remote:
                 raise RuntimeFailure(f"host {host}: docker endpoint {info.docker!r} must be a unix socket path "
                                      "on that host (it is reached over SSH)")
-            connector, python, helper = self.ssh(host), info.python, self.helper_path(host)
-            seen: list[bool] = []
-
-            def dial() -> Any:
-                # A host without the socket is told by its observation batch (else by one SFTP stat), not by a
-                # shell and `dial` each time.
-                if not seen:
-                    known = self._sockets.get(host)
-                    if not (connector.exists(remote) if known is None else known):
-                        raise OSError(_no_socket(remote))
-                    seen.append(True)
-                return connector.exec([python, helper, "dial", remote])
-
+            dial = self._kept_dialer(host, remote) if host in self._kept else self._direct_dialer(host, remote)
             forwarder = SocketForwarder(host, dial)
             with self._lock:
                 self._forwarders[host] = forwarder
         return str(forwarder.url)
+
+    def _direct_dialer(self, host: str, remote: str) -> Callable[[], Any]:
+        """Streams to the host's Docker socket over this command's connection (the helper's `dial`)."""
+        connector, python, helper = self.ssh(host), self.hosts[host].python, self.helper_path(host)
+        seen: list[bool] = []
+
+        def dial() -> Any:
+            # A host without the socket is told by its observation batch (else by one SFTP stat), not by a
+            # shell and `dial` each time.
+            if not seen:
+                known = self._sockets.get(host)
+                if not (connector.exists(remote) if known is None else known):
+                    raise OSError(_no_socket(remote))
+                seen.append(True)
+            return connector.exec([python, helper, "dial", remote])
+
+        return dial
+
+    def _kept_dialer(self, host: str, remote: str) -> Callable[[], Any]:
+        """Streams to the Docker socket of a host observed through the keeper, through the keeper too (no login
+        on the host); when the keeper cannot give one, over this command's own connection."""
+
+        def dial() -> Any:
+            stream = self._kept_dial(host, remote)
+            if stream is not None:
+                return stream
+            return self.ssh(host).exec([self.hosts[host].python, self.helper_path(host), "dial", remote])
+
+        return dial
 
     def docker_problem(self, host: str, exc: Exception) -> str:
         """Why a host's Docker engine cannot be used, naming the socket on the host rather than the private
@@ -325,12 +357,14 @@ class Connections:
         if key in self._runtimes:
             known: Runtime = self._runtimes[key]
             return known
-        connector = self.connector(host)
+        # A Docker runtime needs no connection of its own: its socket is forwarded (and may go through the keeper).
+        connector = self.connector(host) if kind == "process" or host not in self._kept else None
         with self._host_lock(host):  # steps and observation run on threads: one runtime (and forwarder) each
             if key not in self._runtimes:
                 info = self.hosts[host]
                 if kind == "process":
                     state_dir = os.path.join(info.data_dir, "proc")
+                    assert connector is not None
                     self._runtimes[key] = ProcessRuntime(connector, info.python, self.helper_path(host), state_dir)
                 else:
                     self._runtimes[key] = DockerRuntime(self.docker_url(host))
@@ -367,3 +401,17 @@ def _at_home(path: str, home: str) -> str:
 
 def _no_socket(remote: str) -> str:
     return f"cannot connect to {remote}: No such file or directory"
+
+
+def _from_keeper(exc: Any) -> Exception:
+    """A failure the keeper reported, as the exception a direct connection raises: a refused host key, an
+    unreachable host, a helper's error, or a socket the host's helper could not reach."""
+    from aimactl.hosts.ssh import HostKeyError
+
+    if exc.kind == "host-key":
+        return HostKeyError(exc.message)
+    if exc.kind == "unreachable":
+        return HostUnreachable(exc.message)
+    if exc.kind == "dial":
+        return OSError(exc.message)
+    return RuntimeFailure(exc.message)

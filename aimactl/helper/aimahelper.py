@@ -1031,12 +1031,12 @@ def verb_unlock(params: dict) -> dict:
 
 
 def dial(argv: list) -> int:
-    """`dial SOCKET`: connect stdin/stdout to a unix socket (the Docker engine's) until either side ends.
+    """`dial SOCKET [--ready]`: connect stdin/stdout to a unix socket (the Docker engine's) until either side ends.
 
     Not a JSON verb: the bytes on stdin and stdout are the socket's. Failures go to stderr with exit code 1.
     """
-    if len(argv) != 1:
-        sys.stderr.write("usage: aimahelper.py dial SOCKET\n")
+    if len(argv) not in (1, 2) or argv[1:] not in ([], ["--ready"]):
+        sys.stderr.write("usage: aimahelper.py dial SOCKET [--ready]\n")
         return 2
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -1044,6 +1044,9 @@ def dial(argv: list) -> int:
     except OSError as exc:
         sys.stderr.write(f"cannot connect to {argv[0]}: {exc.strerror or exc}\n")
         return 1
+    if argv[1:] == ["--ready"]:  # for a caller that opens the stream ahead of use: connected, say so on stderr
+        sys.stderr.write("ready\n")
+        sys.stderr.flush()
 
     def upstream() -> None:
         try:

@@ -55,6 +55,8 @@ def persist_seconds(environ: Mapping[str, str]) -> float:
 def socket_path(environ: Mapping[str, str]) -> str | None:
     """Where this aimactl's keeper listens, or None when no private directory can be had (then nothing is
     kept). One keeper per code version, interpreter and SSH environment (HOME, SSH_AUTH_SOCK)."""
+    if not hasattr(os, "getuid") or not hasattr(socket, "AF_UNIX") or not hasattr(os, "fork"):
+        return None  # not a POSIX controller: every command connects itself
     base = environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     directory = os.path.join(base, f"aimactl-{os.getuid()}")
     try:
@@ -125,6 +127,29 @@ class KeeperClient:
         error = answer.get("error") or {}
         raise KeeperError(str(error.get("kind", "internal")), str(error.get("message", "")), str(error.get("code", "")))
 
+    def dial(self, host: dict[str, Any], python: str, helper: str, remote: str) -> KeptStream | None:
+        """A byte stream to the unix socket `remote` on the host (its Docker engine) over the kept connection;
+        None when no keeper could be reached. A failure on the host's side raises KeeperError (kind `dial`: the
+        helper's reason)."""
+        request = {"op": "dial", "host": host, "python": python, "helper": helper, "remote": remote,
+                   "persist": self.persist}
+        client = self._connect()
+        if client is None:
+            return None
+        try:
+            client.settimeout(ANSWER_TIMEOUT_S)
+            client.sendall(json.dumps(request).encode() + b"\n")
+            answer = json.loads(_line(client))
+        except (OSError, ValueError):
+            client.close()
+            return None
+        if answer.get("ok"):
+            client.settimeout(None)
+            return KeptStream(client)
+        client.close()
+        error = answer.get("error") or {}
+        raise KeeperError(str(error.get("kind", "internal")), str(error.get("message", "")), str(error.get("code", "")))
+
     def _connect(self) -> socket.socket | None:
         """A connection to the keeper, starting one (once per command) when none answers."""
         client = _dial(self.path)
@@ -143,6 +168,50 @@ class KeeperClient:
                     return client
                 time.sleep(0.01)
         return None
+
+
+class KeptStream:
+    """A stream from the keeper, shaped as the SSH channel that the socket forwarder pumps (hosts/forward.py)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def fileno(self) -> int:
+        """For select()."""
+        return self.sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        """Bytes from the host's socket (b"" at the end)."""
+        return self.sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        """Bytes to the host's socket."""
+        self.sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        """No more bytes to the host's socket."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def recv_exit_status(self) -> int:
+        """0: a dial that failed was reported before the stream was handed out."""
+        return 0
+
+    def close(self) -> None:
+        """End the stream."""
+        self.sock.close()
+
+
+def _line(client: socket.socket) -> bytes:
+    """One answer line, read byte by byte: what follows it is the stream's, not a buffer's."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        byte = client.recv(1)
+        if not byte:
+            break
+        data += byte
+        if len(data) > 65536:
+            break
+    return bytes(data)
 
 
 def _dial(path: str) -> socket.socket | None:

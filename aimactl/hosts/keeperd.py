@@ -19,6 +19,7 @@ from typing import Any
 
 from aimactl.helper import MISSING, bootstrap_argv
 from aimactl.hosts.connector import HostUnreachable, no_answer
+from aimactl.hosts.forward import pump
 from aimactl.hosts.keeper import ANSWER_TIMEOUT_S, MAX_REQUEST
 from aimactl.hosts.ssh import HostKeyError, SshConnector, import_paramiko
 
@@ -81,6 +82,64 @@ class Served:
         self.channel = self.reader = None
 
 
+class DialError(Exception):
+    """The host's helper could not connect to the unix socket (its reason, from the helper's stderr)."""
+
+
+class Dialer:
+    """Streams to one unix socket on a host (its Docker engine), each a helper `dial` on the kept connection. One
+    is opened ahead for the next caller, so that a command's Docker reads start without a login shell."""
+
+    def __init__(self, connector: SshConnector, python: str, helper: str, remote: str):
+        self.connector, self.argv = connector, [python, helper, "dial", remote, "--ready"]
+        self.lock = threading.Lock()
+        self.spare: Any = None
+
+    def take(self) -> Any:
+        """A connected stream (the spare when it is still good, else a new one); the next spare opens behind."""
+        with self.lock:
+            spare, self.spare = self.spare, None
+        if spare is not None and (spare.closed or spare.exit_status_ready() or spare.recv_ready()):
+            spare.close()  # the engine or the host ended it while it waited
+            spare = None
+        channel = spare or self._open()
+        threading.Thread(target=self._refill, daemon=True).start()
+        return channel
+
+    def _open(self) -> Any:
+        """Start `dial --ready` and wait for its `ready` (or its reason for failing)."""
+        channel = self.connector.exec(self.argv, ANSWER_TIMEOUT_S)
+        errors = channel.makefile_stderr("rb")
+        try:
+            said = errors.readline()
+        except OSError:
+            said = b""
+        if said.strip() != b"ready":
+            reason = (said + errors.read()).decode("utf-8", "replace").strip()
+            channel.close()
+            raise DialError(reason or f"the helper's dial on {self.connector.name} ended")
+        channel.settimeout(None)
+        return channel
+
+    def _refill(self) -> None:
+        try:
+            channel = self._open()
+        except Exception:  # the next take opens its own and reports why
+            return
+        with self.lock:
+            if self.spare is None:
+                self.spare, channel = channel, None
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        """Close the spare."""
+        with self.lock:
+            if self.spare is not None:
+                self.spare.close()
+            self.spare = None
+
+
 class Keeper:
     """The keeper's state: connections by everything that defines one, serving helpers by connection + helper."""
 
@@ -90,6 +149,7 @@ class Keeper:
         self.lock = threading.Lock()
         self.connectors: dict[tuple[Any, ...], SshConnector] = {}
         self.served: dict[tuple[Any, ...], Served] = {}
+        self.dialers: dict[tuple[Any, ...], Dialer] = {}
         self.busy = 0
         self.last_used = time.monotonic()
 
@@ -156,7 +216,11 @@ class Keeper:
                 if not _same_user(client):
                     return
                 line = client.makefile("rb").readline(MAX_REQUEST)
-                answer = self._answer(line)
+                request = _request(line)
+                if request.get("op") == "dial":
+                    self._stream(client, request)
+                    return
+                answer = self._answer(request)
                 client.sendall(json.dumps(answer).encode() + b"\n")
         except OSError as exc:
             log.warning("a caller went away: %s", exc)
@@ -165,46 +229,68 @@ class Keeper:
                 self.busy -= 1
                 self.last_used = time.monotonic()
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One batch through the host's serving helper, as an answer line."""
         try:
-            request = json.loads(line)
             if request.get("op") != "batch":
                 return _failure("internal", f"unknown request {request.get('op')!r}")
             self.persist = float(request.get("persist", self.persist))  # the latest caller's wish counts
-            served = self._served(request["host"], str(request["python"]), str(request["helper"]))
+            key, connector = self._connection(request["host"])
+            python, helper = str(request["python"]), str(request["helper"])
+            with self.lock:
+                served = self.served.setdefault((key, python, helper), Served(connector, python, helper))
             answer = served.ask({"calls": request["calls"]})
-        except HostKeyError as exc:
-            return _failure("host-key", str(exc))
-        except HostUnreachable as exc:
-            return _failure("unreachable", str(exc))
-        except Exception as exc:  # a bug here must not end the keeper; the caller goes to the host itself
-            log.exception("request failed")
-            return _failure("internal", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            return _failed(exc)
         if answer.get("ok"):
             return {"ok": True, "result": answer.get("result")}
         error = answer.get("error") or {}
         return _failure("helper", str(error.get("message", "")), str(error.get("code", "error")))
 
-    def _served(self, host: dict[str, Any], python: str, helper: str) -> Served:
-        """The serving helper for this host, its connection checked against known_hosts (or made)."""
+    def _stream(self, client: socket.socket, request: dict[str, Any]) -> None:
+        """A unix socket on the host (its Docker engine) as the rest of this client connection: one answer line,
+        then the bytes both ways until either side ends."""
+        try:
+            self.persist = float(request.get("persist", self.persist))
+            key, connector = self._connection(request["host"])
+            python, helper, remote = str(request["python"]), str(request["helper"]), str(request["remote"])
+            with self.lock:
+                dialer = self.dialers.setdefault((key, python, helper, remote),
+                                                 Dialer(connector, python, helper, remote))
+            channel = dialer.take()
+        except DialError as exc:
+            client.sendall(json.dumps(_failure("dial", str(exc))).encode() + b"\n")
+            return
+        except Exception as exc:
+            client.sendall(json.dumps(_failed(exc)).encode() + b"\n")
+            return
+        try:
+            client.sendall(b'{"ok": true}\n')
+            client.settimeout(None)
+            pump(client, channel)
+        finally:
+            channel.close()
+
+    def _connection(self, host: dict[str, Any]) -> tuple[tuple[Any, ...], SshConnector]:
+        """The kept connection for this Host (made on first use), checked against known_hosts before it is used
+        again: a key no longer there closes it, and reconnecting applies the host key policy."""
         fresh = SshConnector(str(host["name"]), str(host["address"]), host.get("identity_file"),
                              host.get("known_hosts"), bool(host.get("accept_new")))
         key = (fresh.name, fresh.address, fresh.target, fresh.known_hosts, fresh.accept_new)
         with self.lock:
             connector = self.connectors.setdefault(key, fresh)
-            served = self.served.setdefault((key, python, helper), Served(connector, python, helper))
         if not still_trusted(connector):
             with self.lock:
-                for other in self.served.values():
-                    if other.connector is connector:
-                        other.close()
-            connector.close()  # the next use connects afresh, and the host key policy decides
-        return served
+                for user in [*self.served.values(), *self.dialers.values()]:
+                    if user.connector is connector:
+                        user.close()
+            connector.close()
+        return key, connector
 
     def _close_all(self) -> None:
         with self.lock:
-            for served in self.served.values():
-                served.close()
+            for user in [*self.served.values(), *self.dialers.values()]:
+                user.close()
             for connector in self.connectors.values():
                 connector.close()
 
@@ -240,6 +326,24 @@ def _same_user(client: socket.socket) -> bool:
     credentials = client.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", credentials)
     return uid == os.getuid()
+
+
+def _request(line: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) else {}
+
+
+def _failed(exc: Exception) -> dict[str, Any]:
+    """An exception as an answer line: a refused key, an unreachable host, or (a bug) internal."""
+    if isinstance(exc, HostKeyError):
+        return _failure("host-key", str(exc))
+    if isinstance(exc, HostUnreachable):
+        return _failure("unreachable", str(exc))
+    log.exception("request failed")  # the caller goes to the host itself
+    return _failure("internal", f"{type(exc).__name__}: {exc}")
 
 
 def _failure(kind: str, message: str, code: str = "") -> dict[str, Any]:
