@@ -1,9 +1,11 @@
-"""The keeper process (see keeper.py): holds SSH connections and a serving helper per host, answers batches.
+"""The keeper process (see keeper.py): holds SSH connections, a serving helper per host and a Docker stream opened
+ahead, and answers the commands' requests on its unix socket.
 
-Each request on the unix socket is one JSON line, `{"op": "batch", "host": {...}, "python", "helper", "calls"}`,
-answered by one line: `{"ok": true, "result": <the helper's batch result>}` or `{"ok": false, "error": {"kind",
-"code", "message"}}`. Connections are made by `SshConnector`, so host keys, proxies and error messages are those
-of a direct connection.
+Each request is one JSON line. `{"op": "batch", "host": {...}, "python", "helper", "calls", "persist"}` is answered
+by one line: `{"ok": true, "result": <the helper's batch result>}` or `{"ok": false, "error": {"kind", "code",
+"message"}}`. `{"op": "dial", "host", "python", "helper", "remote", "persist"}` is answered by `{"ok": true}` and
+the connection then carries the bytes of the host's unix socket `remote` (its Docker engine), or by a failure line.
+Connections are made by `SshConnector`, so host keys, proxies and error messages are those of a direct connection.
 """
 
 from __future__ import annotations
