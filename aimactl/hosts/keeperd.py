@@ -173,10 +173,10 @@ class Keeper:
                     self.busy += 1
                 threading.Thread(target=self._serve, args=(client,), daemon=True).start()
         finally:
+            if _inode(self.path) == identity:
+                os.unlink(self.path)  # ours still: the next command starts a fresh keeper at once
             server.close()
             self._close_all()
-            if _inode(self.path) == identity:
-                os.unlink(self.path)  # ours still: the next command starts a fresh keeper instead of timing out
 
     def _listen(self) -> socket.socket | None:
         """Bind the socket (0600); None when another keeper already answers there."""
@@ -291,10 +291,11 @@ class Keeper:
 
     def _close_all(self) -> None:
         with self.lock:
-            for user in [*self.served.values(), *self.dialers.values()]:
-                user.close()
-            for connector in self.connectors.values():
-                connector.close()
+            for closable in [*self.served.values(), *self.dialers.values(), *self.connectors.values()]:
+                try:
+                    closable.close()
+                except Exception:  # a connection that broke meanwhile: nothing left to close
+                    log.debug("closing failed", exc_info=True)
 
 
 def still_trusted(connector: SshConnector) -> bool:
