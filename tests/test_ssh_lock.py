@@ -3,6 +3,7 @@ lock is taken over, and apply releases what it took."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -140,5 +141,23 @@ def test_the_lock_is_read_and_written_under_the_guard(ssh_hosts: SshHosts, tmp_p
             (tmp_path / "lock").write_text(json.dumps(live))
         thread.join(30)
         assert len(outcome) == 1 and "held by first (pid 7 on ops-1)" in outcome[0]
+    finally:
+        connections.close()
+
+
+def test_a_connection_lost_while_releasing_leaves_the_lock_to_expire(ssh_hosts: SshHosts, tmp_path: Path) -> None:
+    """The host's connection closes before its helper answers `unlock` (here the interpreter kills its own sshd
+    session): the run ends as it would have, the lock stays on the host until its expiry."""
+    host = ssh_hosts.by_name("edge-1")
+    connections = Connections({host.name: _info(ssh_hosts, host, tmp_path)}, {})
+    cutter = tmp_path / "python-that-cuts-the-connection"
+    cutter.write_text("#!/bin/sh\nkill -9 $PPID\nsleep 5\n")
+    cutter.chmod(0o755)
+    try:
+        locks = HostLocks(connections, "alice@ops-1 (apply of stack web)")
+        locks.acquire(host.name)
+        connections.hosts[host.name] = dataclasses.replace(connections.hosts[host.name], python=str(cutter))
+        locks.release()  # raised HelperError (no-answer) out of apply before
+        assert json.loads((tmp_path / "lock").read_text())["holder"].startswith("alice")
     finally:
         connections.close()

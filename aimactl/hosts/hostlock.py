@@ -110,7 +110,7 @@ class HostLocks:
                 for host in list(self.held):
                     try:
                         self._call(host, "lock")
-                    except RuntimeFailure:
+                    except (RuntimeFailure, HelperError):
                         pass  # the host went away: its steps fail on their own; the lock expires there
 
         self._renewer = threading.Thread(target=renew, name="host-locks", daemon=True)
@@ -122,8 +122,8 @@ class HostLocks:
         for host in self.held:
             try:
                 self._call(host, "unlock")
-            except RuntimeFailure:
-                pass
+            except (RuntimeFailure, HelperError):
+                pass  # lost mid-run (its connection closed before the helper answered): it expires there
         self.held.clear()
 
 
