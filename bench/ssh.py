@@ -10,6 +10,12 @@ the stack's processes and whether they live, the model cache index): `pyinfra IN
 The peers are benchmark-only, installed by hand in this Python's environment: `.venv/bin/pip install pyinfra`,
 `.venv/bin/pip install ansible-core`; a peer that is missing is skipped (with a line saying so).
 Targets (the issue): 8 hosts at most 2 x the time of 1 host; at most 0.5 x the peer.
+
+aimactl runs as shipped: its keeper (hosts/keeper.py) keeps each host's connection and a serving helper for 60 s
+after a command, as Ansible's ControlPersist keeps its connections, so the timed plans (after an unmeasured one)
+reuse them. The "first plan" column times a plan that finds no keeper (its socket removed before), which pays for
+starting one; it is printed, not judged. `--no-keep` (AIMACTL_SSH_PERSIST=0) makes every aimactl plan connect and
+start the helper afresh, and `--no-control-persist` does the same for Ansible.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ run converges both. (The two-host apply, host keys and locks themselves are in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -87,6 +89,12 @@ def test_one_sshd_stopped_mid_run_leaves_the_other_converged_and_the_next_run_co
         edge2.stop()
         apply.wait(timeout=120)
         reader.join(timeout=10)
+        # The host is down, its processes with it: the helper detaches them from the SSH session, so a process
+        # whose start completed before the stop would otherwise run on, and the next run would rightly find
+        # nothing to do on edge-2 (how far the start got depends on timing).
+        for pid_file in (tmp_path / "edge-2" / "proc").glob("*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
+                os.kill(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
         out = "".join(lines)
         assert apply.returncode == 1, out
         assert "service.web[0]@edge-1: done" in out
