@@ -17,7 +17,6 @@ when none of its connections is alive, or when its socket file is removed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -96,24 +95,21 @@ class KeeperError(Exception):
 
 
 class KeeperClient:
-    """A command's way to the keeper: one request per connection; when none listens, it starts one behind the
-    command and hands it the command's requests to make ready for the next command."""
+    """A command's way to the keeper: starts it when none listens, then one request per connection."""
 
     def __init__(self, path: str, persist: float):
         self.path = path
         self.persist = persist
         self._start_lock = threading.Lock()
-        self._started = False
 
     def batch(self, host: dict[str, Any], python: str, helper: str, calls: list[dict[str, Any]]) -> Any:
         """The helper's batch answer from `host` (name, address, identity_file, known_hosts, accept_new) through
-        the keeper; None when no keeper answers (the caller then goes to the host itself, while a keeper starts
-        and connects for the next command). A failure on the host's side raises KeeperError."""
+        the keeper; None when no keeper could be reached (the caller then goes to the host itself). A failure
+        on the host's side raises KeeperError."""
         request = {"op": "batch", "host": host, "python": python, "helper": helper, "calls": calls,
                    "persist": self.persist}
-        client = _dial(self.path)
+        client = self._connect()
         if client is None:
-            self._start_behind(request)
             return None
         with client:
             try:
@@ -131,36 +127,13 @@ class KeeperClient:
         error = answer.get("error") or {}
         raise KeeperError(str(error.get("kind", "internal")), str(error.get("message", "")), str(error.get("code", "")))
 
-    def _start_behind(self, request: dict[str, Any]) -> None:
-        """Start a keeper (once per command) and, once it listens, send it `request` without waiting for the
-        answer: the keeper connects and starts the host's serving helper while this command reaches the host
-        itself, so that the first command of a window is not slower than one without a keeper. Daemon threads:
-        a command that ends first leaves the rest to the next command."""
-        with self._start_lock:
-            first, self._started = not self._started, True
-
-        def warm() -> None:
-            if first and not _start(self.path, self.persist):
-                return
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while time.monotonic() < deadline:
-                client = _dial(self.path)
-                if client is not None:
-                    with client, contextlib.suppress(OSError):
-                        client.sendall(json.dumps(request).encode() + b"\n")
-                        client.makefile("rb").readline(MAX_REQUEST)  # keeps the keeper from a broken pipe
-                    return
-                time.sleep(0.02)
-
-        threading.Thread(target=warm, name="keeper-start", daemon=True).start()
-
     def dial(self, host: dict[str, Any], python: str, helper: str, remote: str) -> KeptStream | None:
         """A byte stream to the unix socket `remote` on the host (its Docker engine) over the kept connection;
         None when no keeper could be reached. A failure on the host's side raises KeeperError (kind `dial`: the
         helper's reason)."""
         request = {"op": "dial", "host": host, "python": python, "helper": helper, "remote": remote,
                    "persist": self.persist}
-        client = _dial(self.path)
+        client = self._connect()
         if client is None:
             return None
         try:
@@ -176,6 +149,25 @@ class KeeperClient:
         client.close()
         error = answer.get("error") or {}
         raise KeeperError(str(error.get("kind", "internal")), str(error.get("message", "")), str(error.get("code", "")))
+
+    def _connect(self) -> socket.socket | None:
+        """A connection to the keeper, starting one (once per command) when none answers."""
+        client = _dial(self.path)
+        if client is not None:
+            return client
+        with self._start_lock:
+            client = _dial(self.path)
+            if client is not None:
+                return client
+            if not _start(self.path, self.persist):
+                return None
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                client = _dial(self.path)
+                if client is not None:
+                    return client
+                time.sleep(0.01)
+        return None
 
 
 class KeptStream:
