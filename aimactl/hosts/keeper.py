@@ -8,8 +8,9 @@ its observation batch to the keeper over a unix socket and gets the answer in on
 
 What it keeps is what a command would open itself, with the same code (`SshConnector`): strict host keys, the
 same errors. A kept connection is re-checked against known_hosts before each use, so a key removed from the file
-is not trusted on. Only the read-only observation goes through it; every change to a host is made by the command
-over its own connection. The socket lives in a 0700 directory of the user (`$XDG_RUNTIME_DIR/aimactl-UID`, else
+is not trusted on. The observation and, for a host observed through it, the Docker engine's traffic go through
+it; every change the helper makes on a host (processes, downloads, the host lock) is made by the command over its
+own connection. The socket lives in a 0700 directory of the user (`$XDG_RUNTIME_DIR/aimactl-UID`, else
 the temporary directory), named after this aimactl's code, its interpreter and the user's SSH environment; on
 Linux the keeper also checks that each caller is the same user. It exits when it was idle for the persist time,
 when none of its connections is alive, or when its socket file is removed.
@@ -76,7 +77,7 @@ def _code_digest(environ: Mapping[str, str]) -> str:
 
     digest = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("keeper.py", "keeperd.py", "ssh.py", "sshconfig.py", "connector.py"):
+    for name in ("keeper.py", "keeperd.py", "ssh.py", "sshconfig.py", "connector.py", "forward.py"):
         with open(os.path.join(here, name), "rb") as handle:
             digest.update(handle.read())
     # The environment (sys.prefix) and the interpreter behind it: `python` and `python3` are one.
@@ -87,7 +88,8 @@ def _code_digest(environ: Mapping[str, str]) -> str:
 
 
 class KeeperError(Exception):
-    """The keeper answered a failure: `kind` is host-key, unreachable, helper (with `code`) or internal."""
+    """The keeper answered a failure: `kind` is host-key, unreachable, helper (with `code`), dial (the host's
+    helper could not reach the socket) or internal (the caller then goes to the host itself)."""
 
     def __init__(self, kind: str, message: str, code: str = ""):
         super().__init__(message)
