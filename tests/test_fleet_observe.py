@@ -97,3 +97,31 @@ def test_the_bootstrap_runs_the_helper_at_a_tilde_path_or_says_it_is_missing(tmp
         "ok": False, "error": {"code": MISSING, "message": f"no helper at {home}/h/other.py", "home": str(home)}}
     literal = boot("~/h/$(echo aimahelper).py", "batch")  # PATH is data: never code (over SSH: test_hostile_values)
     assert json.loads(literal.stdout)["error"]["message"] == f"no helper at {home}/h/$(echo aimahelper).py"
+
+
+def test_serve_answers_batch_after_batch_afresh_and_refuses_the_rest(tmp_path: Path) -> None:
+    """`serve` (what the keeper keeps running on a host): one answer line per request line, each read afresh, a
+    refused request does not end it, and it ends with its stdin."""
+    served = subprocess.Popen([sys.executable, helper_file(), "serve"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert served.stdin is not None and served.stdout is not None
+
+    def ask(line: str) -> dict[str, Any]:
+        served.stdin.write(line + "\n")  # type: ignore[union-attr]
+        served.stdin.flush()  # type: ignore[union-attr]
+        return json.loads(served.stdout.readline())  # type: ignore[union-attr]
+
+    marker = tmp_path / "marker"
+    batch = json.dumps({"verb": "batch", "params": {"calls": [{"verb": "stat", "params": {"path": str(marker)}}]}})
+    try:
+        first = ask(batch)
+        assert first["ok"] and first["result"]["results"][0]["result"]["exists"] is False
+        marker.write_text("now here")
+        assert ask(batch)["result"]["results"][0]["result"]["exists"] is True  # nothing cached between requests
+        for refused in ('{"verb": "fetch", "params": {}}', "not json", '{"verb": "batch", "params": []}'):
+            answer = ask(refused)
+            assert answer["ok"] is False and answer["error"]["code"] == "invalid-input", refused
+        assert ask(batch)["ok"] is True  # still serving
+    finally:
+        served.stdin.close()
+    assert served.wait(timeout=10) == 0
