@@ -406,7 +406,7 @@ def _no_socket(remote: str) -> str:
 def _from_keeper(exc: Any) -> Exception:
     """A failure the keeper reported, as the exception a direct connection raises: a refused host key, an
     unreachable host, a helper's error, or a socket the host's helper could not reach."""
-    from aimactl.hosts.ssh import HostKeyError
+    from aimactl.hosts.hostkeys import HostKeyError
 
     if exc.kind == "host-key":
         return HostKeyError(exc.message)

@@ -77,7 +77,7 @@ def _code_digest(environ: Mapping[str, str]) -> str:
 
     digest = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("keeper.py", "keeperd.py", "ssh.py", "sshconfig.py", "connector.py", "forward.py"):
+    for name in ("keeper.py", "keeperd.py", "ssh.py", "sshconfig.py", "hostkeys.py", "connector.py", "forward.py"):
         with open(os.path.join(here, name), "rb") as handle:
             digest.update(handle.read())
     # The environment (sys.prefix) and the interpreter behind it: `python` and `python3` are one.

@@ -22,8 +22,9 @@ from typing import Any
 from aimactl.helper import MISSING, bootstrap_argv
 from aimactl.hosts.connector import HostUnreachable, no_answer
 from aimactl.hosts.forward import pump
+from aimactl.hosts.hostkeys import HostKeyError, still_trusted
 from aimactl.hosts.keeper import ANSWER_TIMEOUT_S, MAX_REQUEST
-from aimactl.hosts.ssh import HostKeyError, SshConnector, import_paramiko
+from aimactl.hosts.ssh import SshConnector
 
 log = logging.getLogger("aimactl.keeper")
 TICK_S = 1.0
@@ -296,22 +297,6 @@ class Keeper:
                     closable.close()
                 except Exception:  # a connection that broke meanwhile: nothing left to close
                     log.debug("closing failed", exc_info=True)
-
-
-def still_trusted(connector: SshConnector) -> bool:
-    """Whether a kept connection's host key is still the one known_hosts has for that host (True when it is not
-    connected: connecting checks the key anyway)."""
-    key = connector.server_key()
-    if key is None:
-        return True
-    paramiko = import_paramiko()
-    known = paramiko.HostKeys()
-    try:
-        known.load(connector.known_hosts)
-    except (OSError, paramiko.SSHException):
-        return False
-    entry = known.lookup(connector.target.known_hosts_name)
-    return entry is not None and entry.get(key.get_name()) == key
 
 
 def _inode(path: str) -> int | None:

@@ -9,8 +9,6 @@ remote side of an exec channel is a shell. paramiko is imported only when a conn
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import posixpath
 import re
@@ -24,15 +22,12 @@ from typing import Any, cast
 
 from aimactl.hosts import sshconfig
 from aimactl.hosts.connector import Completed, HostUnreachable
+from aimactl.hosts.hostkeys import HostKeyError, UnknownKeyPolicy, fingerprint
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 15
 ADDRESS_RE = re.compile(r"ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d{1,5}))?")
-
-
-class HostKeyError(HostUnreachable):
-    """The host's key is unknown (not accepted) or changed; the message names the host and the fingerprints."""
 
 
 def address_parts(address: str) -> tuple[str | None, str, int | None]:
@@ -56,12 +51,6 @@ def import_paramiko() -> Any:
     with without("invoke"):
         import paramiko
     return paramiko
-
-
-def fingerprint(key: Any) -> str:
-    """OpenSSH's fingerprint of a host key: `SHA256:` and the unpadded base64 of the key blob's digest."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -141,7 +130,7 @@ class SshConnector:
                 client.load_host_keys(self.known_hosts)
             except (OSError, paramiko.SSHException) as exc:
                 raise self._unreachable(f"cannot read known_hosts file {self.known_hosts}: {exc}") from None
-        client.set_missing_host_key_policy(cast(Any, _UnknownKeyPolicy(self)))  # duck-typed: paramiko is lazy
+        client.set_missing_host_key_policy(cast(Any, UnknownKeyPolicy(self)))  # duck-typed: paramiko is lazy
         target = self.target
         started = time.monotonic()
         try:
@@ -164,7 +153,7 @@ class SshConnector:
 
         if isinstance(exc, paramiko.BadHostKeyException):
             return HostKeyError(
-                f"host {self.name} ({self._where()}): the host key CHANGED: known_hosts {self.known_hosts} has "
+                f"host {self.name} ({self.where()}): the host key CHANGED: known_hosts {self.known_hosts} has "
                 f"{fingerprint(exc.expected_key)}, the host offers {fingerprint(exc.key)}. Refusing to connect: "
                 "this may be an attack, or the host was reinstalled. If you are sure, remove the old line "
                 f"(ssh-keygen -R '{self.target.known_hosts_name}' -f {self.known_hosts}) and accept the new key.")
@@ -193,7 +182,8 @@ class SshConnector:
             raise exc
         return self._unreachable(reason)
 
-    def _where(self) -> str:
+    def where(self) -> str:
+        """`user@host:port` as connected (and whether through a ProxyCommand), for messages."""
         via = " through its ProxyCommand" if self.proxy_command else ""
         return f"{self.target.user}@{self.target.hostname}:{self.target.port}{via}"
 
@@ -201,7 +191,7 @@ class SshConnector:
         return ", ".join(self.identity_files)
 
     def _unreachable(self, reason: str) -> HostUnreachable:
-        return HostUnreachable(f"host {self.name} ({self._where()}) is unreachable: {reason}")
+        return HostUnreachable(f"host {self.name} ({self.where()}) is unreachable: {reason}")
 
     def _drop(self) -> None:
         if self._client is not None:
@@ -372,42 +362,3 @@ def _tcp_keepalive(sock: Any) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     except (OSError, AttributeError):
         pass  # not a TCP socket (a proxy): paramiko's keepalive alone
-
-
-class _UnknownKeyPolicy:
-    """paramiko's missing-host-key hook: refuse with the fingerprint, or record the key (accept-new)."""
-
-    def __init__(self, connector: SshConnector):
-        self.connector = connector
-
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        """Called by paramiko for a host that has no key in known_hosts."""
-        conn = self.connector
-        name = conn.target.known_hosts_name
-        if not conn.accept_new:
-            raise HostKeyError(
-                f"host {conn.name} ({conn._where()}): unknown host key {key.get_name()} {fingerprint(key)} "
-                f"(not in {conn.known_hosts}). Check the fingerprint on the host (ssh-keygen -lf "
-                "/etc/ssh/ssh_host_*_key.pub), then run again with --accept-new-host-keys to record it.")
-        record_host_key(conn.known_hosts, name, key)
-        client.get_host_keys().add(name, key.get_name(), key)
-
-
-_RECORD_LOCK = threading.Lock()
-
-
-def record_host_key(known_hosts: str, name: str, key: Any) -> None:
-    """Append `name keytype base64` to known_hosts (created 0600, its directory 0700), as OpenSSH does."""
-    directory = os.path.dirname(known_hosts)
-    if directory:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    line = f"{name} {key.get_name()} {key.get_base64()}\n"
-    with _RECORD_LOCK:
-        fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="ascii") as handle:
-            if handle.tell() > 0:
-                with open(known_hosts, "rb") as existing:
-                    existing.seek(-1, os.SEEK_END)
-                    if existing.read(1) != b"\n":
-                        handle.write("\n")
-            handle.write(line)
