@@ -206,19 +206,10 @@ class Connections:
         """The batch through the keeper's kept connection and serving helper, or None when it cannot answer (no
         keeper, or the helper is not on the host yet): the caller then reaches the host itself. An unreachable
         host or a refused host key is reported as the direct connection would."""
-        from aimactl.hosts.keeper import KeeperError
-
-        keeper = self._keeper_client()
-        info = self.hosts[host]
+        keeper, info = self._keeper_client(), self.hosts[host]
         if keeper is None or info.python.startswith("~/"):
             return None
-        path = self._helpers.get(host) or helper_location(info.data_dir)
-        try:
-            answer = keeper.batch(self._keeper_host(host), info.python, path, calls)
-        except KeeperError as exc:
-            if exc.kind == "helper" and exc.code == "helper-missing" or exc.kind == "internal":
-                return None  # no helper there yet (the direct path uploads it), or the keeper failed
-            raise _from_keeper(exc) from None
+        answer = keeper.batch(host, info, self._helpers.get(host) or helper_location(info.data_dir), calls)
         if answer is None:
             return None
         home = str(answer.get("home") or "")
@@ -230,39 +221,14 @@ class Connections:
         results: list[dict[str, Any]] = answer["results"]
         return results
 
-    def _keeper_host(self, host: str) -> dict[str, Any]:
-        """What the keeper needs to reach a Host as this command would."""
-        info = self.hosts[host]
-        return {"name": host, "address": info.address, "identity_file": info.identity_file,
-                "known_hosts": info.known_hosts, "accept_new": self.accept_new_host_keys}
-
-    def _kept_dial(self, host: str, remote: str) -> Any:
-        """A stream to the host's Docker socket through the keeper, or None when the keeper cannot give one."""
-        from aimactl.hosts.keeper import KeeperError
-
-        keeper, info = self._keeper_client(), self.hosts[host]
-        if keeper is None:
-            return None
-        try:
-            return keeper.dial(self._keeper_host(host), info.python, helper_location(info.data_dir), remote)
-        except KeeperError as exc:
-            if exc.kind == "internal":
-                return None
-            raise _from_keeper(exc) from None
-
     def _keeper_client(self) -> KeeperClient | None:
         """The way to this user's keeper (None when connections are not kept or no private socket can be had)."""
-        if self.persist <= 0:
-            return None
         with self._lock:
-            if self._keeper is None:
-                from aimactl.hosts.keeper import KeeperClient, socket_path
+            if self._keeper is None and self.persist > 0:
+                from aimactl.hosts.keeper import keeper_client
 
-                path = socket_path(self.environ)
-                if path is None:
-                    self.persist = 0.0
-                    return None
-                self._keeper = KeeperClient(path, self.persist)
+                self._keeper = keeper_client(self.environ, self.persist, self.accept_new_host_keys)
+                self.persist = self.persist if self._keeper else 0.0
             return self._keeper
 
     def _resolve_quietly(self, host: str) -> None:
@@ -335,10 +301,11 @@ class Connections:
         on the host); when the keeper cannot give one, over this command's own connection."""
 
         def dial() -> Any:
-            stream = self._kept_dial(host, remote)
+            keeper, info = self._keeper_client(), self.hosts[host]
+            stream = keeper.dial(host, info, helper_location(info.data_dir), remote) if keeper else None
             if stream is not None:
                 return stream
-            return self.ssh(host).exec([self.hosts[host].python, self.helper_path(host), "dial", remote])
+            return self.ssh(host).exec([info.python, self.helper_path(host), "dial", remote])
 
         return dial
 
@@ -401,17 +368,3 @@ def _at_home(path: str, home: str) -> str:
 
 def _no_socket(remote: str) -> str:
     return f"cannot connect to {remote}: No such file or directory"
-
-
-def _from_keeper(exc: Any) -> Exception:
-    """A failure the keeper reported, as the exception a direct connection raises: a refused host key, an
-    unreachable host, a helper's error, or a socket the host's helper could not reach."""
-    from aimactl.hosts.hostkeys import HostKeyError
-
-    if exc.kind == "host-key":
-        return HostKeyError(exc.message)
-    if exc.kind == "unreachable":
-        return HostUnreachable(exc.message)
-    if exc.kind == "dial":
-        return OSError(exc.message)
-    return RuntimeFailure(exc.message)

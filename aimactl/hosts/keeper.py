@@ -87,36 +87,35 @@ def _code_digest(environ: Mapping[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
-class KeeperError(Exception):
-    """The keeper answered a failure: `kind` is host-key, unreachable, helper (with `code`), dial (the host's
-    helper could not reach the socket) or internal (the caller then goes to the host itself)."""
-
-    def __init__(self, kind: str, message: str, code: str = ""):
-        super().__init__(message)
-        self.kind, self.message, self.code = kind, message, code
+def keeper_client(environ: Mapping[str, str], persist: float, accept_new: bool) -> KeeperClient | None:
+    """A command's way to this user's keeper; None when connections are not kept (`persist` 0) or no private
+    socket directory can be had."""
+    path = socket_path(environ) if persist > 0 else None
+    return KeeperClient(path, persist, accept_new) if path else None
 
 
 class KeeperClient:
-    """A command's way to the keeper: starts it when none listens, then one request per connection."""
+    """A command's way to the keeper: starts it when none listens, then one request per connection. Failures on
+    the host's side are raised as a direct connection raises them; None means "reach the host yourself"."""
 
-    def __init__(self, path: str, persist: float):
+    def __init__(self, path: str, persist: float, accept_new: bool = False):
         self.path = path
         self.persist = persist
+        self.accept_new = accept_new
         self._start_lock = threading.Lock()
 
-    def batch(self, host: dict[str, Any], python: str, helper: str, calls: list[dict[str, Any]]) -> Any:
-        """The helper's batch answer from `host` (name, address, identity_file, known_hosts, accept_new) through
-        the keeper; None when no keeper could be reached (the caller then goes to the host itself). A failure
-        on the host's side raises KeeperError."""
-        request = {"op": "batch", "host": host, "python": python, "helper": helper, "calls": calls,
-                   "persist": self.persist}
+    def batch(self, name: str, info: Any, helper: str, calls: list[dict[str, Any]]) -> Any:
+        """The helper's batch answer from the Host `name` (`info`: its address, identity_file, known_hosts and
+        python) through the keeper. None when the keeper cannot answer (none could be started, or the helper is
+        not on the host yet): the caller then goes to the host itself. HostKeyError, HostUnreachable or
+        RuntimeFailure (the helper's error) otherwise, as on a direct connection."""
         client = self._connect()
         if client is None:
             return None
         with client:
             try:
                 client.settimeout(ANSWER_TIMEOUT_S)
-                client.sendall(json.dumps(request).encode() + b"\n")
+                client.sendall(self._request("batch", name, info, helper, calls=calls))
                 line = client.makefile("rb").readline(MAX_REQUEST)
             except OSError:
                 return None
@@ -126,21 +125,19 @@ class KeeperClient:
             return None  # the keeper went away mid-answer: ask the host directly
         if answer.get("ok"):
             return answer["result"]
-        error = answer.get("error") or {}
-        raise KeeperError(str(error.get("kind", "internal")), str(error.get("message", "")), str(error.get("code", "")))
+        _raise(answer.get("error") or {})
+        return None
 
-    def dial(self, host: dict[str, Any], python: str, helper: str, remote: str) -> KeptStream | None:
+    def dial(self, name: str, info: Any, helper: str, remote: str) -> KeptStream | None:
         """A byte stream to the unix socket `remote` on the host (its Docker engine) over the kept connection;
-        None when no keeper could be reached. A failure on the host's side raises KeeperError (kind `dial`: the
-        helper's reason)."""
-        request = {"op": "dial", "host": host, "python": python, "helper": helper, "remote": remote,
-                   "persist": self.persist}
+        None when the keeper cannot give one. OSError with the host helper's reason when the socket cannot be
+        reached there."""
         client = self._connect()
         if client is None:
             return None
         try:
             client.settimeout(ANSWER_TIMEOUT_S)
-            client.sendall(json.dumps(request).encode() + b"\n")
+            client.sendall(self._request("dial", name, info, helper, remote=remote))
             answer = json.loads(_line(client))
         except (OSError, ValueError):
             client.close()
@@ -149,8 +146,14 @@ class KeeperClient:
             client.settimeout(None)
             return KeptStream(client)
         client.close()
-        error = answer.get("error") or {}
-        raise KeeperError(str(error.get("kind", "internal")), str(error.get("message", "")), str(error.get("code", "")))
+        _raise(answer.get("error") or {})
+        return None
+
+    def _request(self, op: str, name: str, info: Any, helper: str, **rest: Any) -> bytes:
+        host = {"name": name, "address": info.address, "identity_file": info.identity_file,
+                "known_hosts": info.known_hosts, "accept_new": self.accept_new}
+        request = {"op": op, "host": host, "python": info.python, "helper": helper, "persist": self.persist, **rest}
+        return json.dumps(request).encode() + b"\n"
 
     def _connect(self) -> socket.socket | None:
         """A connection to the keeper, starting one (once per command) when none answers."""
@@ -170,6 +173,25 @@ class KeeperClient:
                     return client
                 time.sleep(0.01)
         return None
+
+
+def _raise(error: dict[str, Any]) -> None:
+    """A failure the keeper reported, raised as a direct connection raises it: a refused host key, an unreachable
+    host, a helper's error, a socket the host's helper could not reach. Returns for what the caller should try on
+    its own: no helper on the host yet (the direct path uploads it), or a fault of the keeper itself."""
+    from aimactl.hosts.connector import HostUnreachable
+    from aimactl.hosts.hostkeys import HostKeyError
+    from aimactl.runtimes import RuntimeFailure
+
+    kind, message = str(error.get("kind", "internal")), str(error.get("message", ""))
+    if kind == "host-key":
+        raise HostKeyError(message)
+    if kind == "unreachable":
+        raise HostUnreachable(message)
+    if kind == "dial":
+        raise OSError(message)
+    if kind == "helper" and error.get("code") != "helper-missing":
+        raise RuntimeFailure(message)
 
 
 class KeptStream:
