@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -252,3 +253,20 @@ def test_ls_and_gc_reach_an_ssh_hosts_cache_through_its_helper(tmp_path: Path, s
     assert down.returncode == 1 and "host edge-1 (" in down.stderr and "unreachable" in down.stderr
     assert "Traceback" not in down.stderr, down.stderr
     assert gc_down.returncode == 1 and "its cache is left alone" in gc_down.stderr, gc_down.stderr
+
+
+def test_models_recorded_at_once_on_one_host_all_stay_in_its_index(tmp_path: Path) -> None:
+    """The Models of one apply are fetched in parallel; each adds its entry to the host's index (before, two that
+    finished together could each write the index without the other's entry)."""
+    from aimactl.converge.connections import Connections
+    from aimactl.converge.models import update_index
+    from aimactl.core.desired import HostInfo
+
+    connections = Connections({"local": HostInfo("local", data_dir=str(tmp_path / "data"))}, {})
+    names = [f"m{i}" for i in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: update_index(connections, "local", lambda index: {**index, n: {"name": n}}), names))
+    index = json.loads((tmp_path / "data" / "models" / "index.json").read_text())
+    assert sorted(index) == sorted(names)
+    update_index(connections, "local", lambda index: {k: v for k, v in index.items() if k != "m3"})
+    assert "m3" not in json.loads((tmp_path / "data" / "models" / "index.json").read_text())

@@ -156,7 +156,7 @@ class Connections:
         if self.hosts[host].address == "local":
             return helper_file()
         connector = self.ssh(host)
-        with self._host_lock(host):  # observation reads a host on several threads: check and upload once
+        with self.host_lock(host):  # observation reads a host on several threads: check and upload once
             if host not in self._helpers:
                 path = helper_location(self.hosts[host].data_dir)
                 if not connector.exists(path):
@@ -192,12 +192,12 @@ class Connections:
                 if exc.code != MISSING or attempt == 2:
                     self._resolve_quietly(host)
                     raise RuntimeFailure(exc.message) from None
-            with self._host_lock(host):
+            with self.host_lock(host):
                 self._helpers.pop(host, None)  # deleted since this command (or loop) found it: upload it again
             self.helper_path(host)  # not there yet (first contact, new aimactl, deleted): upload, then again
         connector.learn_home(str(answer.get("home") or ""))
         self.connector(host)  # `~` in dataDir and python resolved from that home: no SFTP
-        with self._host_lock(host):
+        with self.host_lock(host):
             self._helpers.setdefault(host, helper_location(self.hosts[host].data_dir))  # it has just run
         results: list[dict[str, Any]] = answer["results"]
         return results
@@ -252,7 +252,9 @@ class Connections:
         remote = (self.hosts[host].docker or DEFAULT_ENDPOINT).removeprefix("unix://")
         return f"Docker engine at {remote} on host {host} is unavailable: {_no_socket(remote)}"
 
-    def _host_lock(self, host: str) -> threading.RLock:
+    def host_lock(self, host: str) -> threading.RLock:
+        """This command's lock for one host: what several threads must do once, or one at a time, there (the
+        helper upload, a runtime, an update of the host's model index)."""
         with self._lock:
             return self._host_locks.setdefault(host, threading.RLock())
 
@@ -326,7 +328,7 @@ class Connections:
             return known
         # A Docker runtime needs no connection of its own: its socket is forwarded (and may go through the keeper).
         connector = self.connector(host) if kind == "process" or host not in self._kept else None
-        with self._host_lock(host):  # steps and observation run on threads: one runtime (and forwarder) each
+        with self.host_lock(host):  # steps and observation run on threads: one runtime (and forwarder) each
             if key not in self._runtimes:
                 info = self.hosts[host]
                 if kind == "process":

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aimactl.converge.connections import Connections
-from aimactl.converge.observe import model_index_path, read_model_index
+from aimactl.converge.observe import model_index_path
 from aimactl.core.models import DesiredModel
 from aimactl.core.observed import Observed
 from aimactl.hosts.connector import HelperError, HostUnreachable, call_helper
@@ -40,12 +40,19 @@ def fetch_model(connections: Connections, want: DesiredModel, on_event: Callable
         # Travels on the helper's stdin only, never in argv; the helper drops it on cross-host redirects.
         payload["headers"] = {"Authorization": f"Bearer {read_secret(want.token, environ)}"}
     result = call_helper(connector, info.python, connections.helper_path(want.host), "fetch", payload, on_event)
-    index = read_model_index(connections, want.host)
-    index[want.name] = {"name": want.name, "source": want.source, "revision": want.revision,
-                        "sha256": result.get("sha256"), "size": result.get("size"), "path": want.path,
-                        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _write_index(connections, want.host, index)
+    entry = {"name": want.name, "source": want.source, "revision": want.revision, "sha256": result.get("sha256"),
+             "size": result.get("size"), "path": want.path,
+             "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    update_index(connections, want.host, lambda index: {**index, want.name: entry})
     return result
+
+
+def update_index(connections: Connections, host: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Read a host's model index, change it and write it back, one update at a time per host: the Models of one
+    apply are fetched in parallel, and each must add its entry to what the others wrote (else the last writer
+    wins and the other entries are lost)."""
+    with connections.host_lock(host):
+        _write_index(connections, host, change(_read_index(connections, host)))
 
 
 def verify_cached(connections: Connections, models: Iterable[DesiredModel], observed: Observed) -> None:
@@ -105,8 +112,7 @@ def remove_cached(connections: Connections, host: str, path: str) -> None:
     it from the host's index."""
     name = posixpath.basename(path)
     _cache(connections, host, {"action": "remove", "name": name})
-    index = {k: v for k, v in _read_index(connections, host).items() if k != name}
-    _write_index(connections, host, index)
+    update_index(connections, host, lambda index: {k: v for k, v in index.items() if k != name})
 
 
 def _host_error(host: str, exc: Exception) -> str:
