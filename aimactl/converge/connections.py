@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aimactl.core.desired import HostInfo
 from aimactl.helper import helper_location
-from aimactl.hosts.connector import Connector, HostUnreachable
+from aimactl.hosts.connector import Connector, HostUnreachable, at_home
 from aimactl.runtimes import Runtime, RuntimeFailure
 from aimactl.runtimes.docker import DockerRuntime
 from aimactl.runtimes.engine_api import DEFAULT_ENDPOINT, docker_endpoint
@@ -112,8 +112,7 @@ class Connections:
         info = self.hosts[host]
         if info.data_dir.startswith("~") or info.python.startswith("~/"):
             # One SFTP question unless the host's helper already told the home (observation's batch does).
-            self.hosts[host] = dataclasses.replace(info, data_dir=connector.expand(info.data_dir),
-                                                   python=connector.expand(info.python))
+            self._at_home(host, connector.home())
         helper = self._parked_helpers.pop(host, None)
         if helper and posixpath.dirname(posixpath.dirname(helper)) == self.hosts[host].data_dir:
             self._helpers.setdefault(host, helper)  # uploaded (or found) earlier in this command
@@ -215,11 +214,16 @@ class Connections:
         home = str(answer.get("home") or "")
         if home.startswith("/"):
             self._homes[host] = home
-            self.hosts[host] = dataclasses.replace(info, data_dir=_at_home(info.data_dir, home),
-                                                   python=_at_home(info.python, home))
+            self._at_home(host, home)
             self._kept.add(host)  # its helper is there: Docker reads may go through the keeper too
         results: list[dict[str, Any]] = answer["results"]
         return results
+
+    def _at_home(self, host: str, home: str) -> None:
+        """`~` in an SSH host's dataDir and python resolved against its home."""
+        info = self.hosts[host]
+        self.hosts[host] = dataclasses.replace(info, data_dir=at_home(info.data_dir, home),
+                                               python=at_home(info.python, home))
 
     def _keeper_client(self) -> KeeperClient | None:
         """The way to this user's keeper (None when connections are not kept or no private socket can be had)."""
@@ -326,16 +330,14 @@ class Connections:
         if key in self._runtimes:
             known: Runtime = self._runtimes[key]
             return known
-        # A Docker runtime needs no connection of its own: its socket is forwarded (and may go through the keeper).
-        connector = self.connector(host) if kind == "process" or host not in self._kept else None
         with self.host_lock(host):  # steps and observation run on threads: one runtime (and forwarder) each
             if key not in self._runtimes:
-                info = self.hosts[host]
                 if kind == "process":
+                    connector = self.connector(host)  # `~` in the host's paths resolved from here on
+                    info = self.hosts[host]
                     state_dir = os.path.join(info.data_dir, "proc")
-                    assert connector is not None
                     self._runtimes[key] = ProcessRuntime(connector, info.python, self.helper_path(host), state_dir)
-                else:
+                else:  # no connection of its own: the socket is forwarded (through the keeper for a kept host)
                     self._runtimes[key] = DockerRuntime(self.docker_url(host))
             runtime: Runtime = self._runtimes[key]
             return runtime
@@ -361,11 +363,6 @@ class Connections:
                 connector.close()
         self._connectors.clear()
         self._helpers.clear()
-
-
-def _at_home(path: str, home: str) -> str:
-    """`~` and `~/...` in an SSH host's path resolved against its home."""
-    return home + path[1:] if path == "~" or path.startswith("~/") else path
 
 
 def _no_socket(remote: str) -> str:

@@ -47,6 +47,11 @@ class Connector(Protocol):
         ...
 
 
+def at_home(path: str, home: str) -> str:
+    """`~` and `~/...` resolved against a host's `home`; other paths (`~user` included) unchanged."""
+    return home + path[1:] if path[:2] in ("~", "~/") else path
+
+
 class HelperError(Exception):
     """The helper reported a failure: `code` for machines (not-found, checksum-mismatch, no-space ...)."""
 

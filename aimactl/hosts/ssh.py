@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from aimactl.hosts import sshconfig
-from aimactl.hosts.connector import Completed, HostUnreachable
+from aimactl.hosts.connector import Completed, HostUnreachable, at_home
 from aimactl.hosts.hostkeys import HostKeyError, UnknownKeyPolicy, fingerprint
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -317,9 +317,7 @@ class SshConnector:
 
     def expand(self, path: str) -> str:
         """`~` and `~/...` resolved against the remote home; other paths unchanged."""
-        if path == "~" or path.startswith("~/"):
-            return self.home() + path[1:]
-        return path
+        return at_home(path, self.home()) if path[:2] in ("~", "~/") else path
 
     def _sftp_client(self) -> Any:
         """The connection's SFTP session (callers hold `_sftp_lock`)."""
